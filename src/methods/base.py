@@ -1,0 +1,154 @@
+"""The adapter-method contract (shared/spec/methods.md §1.3) and the method registry.
+
+A method is a stateless object; everything it learns or allocates lives on the model it adapts, so
+the same method object can save, load, merge or resume any model it produced. The training loop
+talks to methods only through this surface and never learns their names.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import dataclasses
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+METHODS: dict[str, type[AdapterMethod]] = {}
+
+
+def register(name: str):
+    """Class decorator: make a method available as ``method=<name>``."""
+
+    def wrap(cls: type[AdapterMethod]) -> type[AdapterMethod]:
+        cls.name = name
+        METHODS[name] = cls
+        return cls
+
+    return wrap
+
+
+def get_method(name: str) -> AdapterMethod:
+    from src import methods  # noqa: F401  (importing the package registers every method)
+
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; choose one of: {', '.join(sorted(METHODS))}")
+    return METHODS[name]()
+
+
+class AdapterMethod(abc.ABC):
+    """Base class with the defaults most methods share; subclasses override what differs."""
+
+    name: ClassVar[str]
+    config_class: ClassVar[type]
+
+    # -- configuration -------------------------------------------------------------------------
+    def make_config(self, fields: dict[str, Any], total_step: int | None = None):
+        """Build the validated config dataclass from the Hydra node (minus ``name``).
+
+        ``total_step`` (optimizer steps T) is known only once the data is loaded, so the loop passes
+        it here; methods without a schedule have no such field and ignore it.
+        """
+        fields = {k: v for k, v in fields.items() if k != "name"}
+        names = {f.name for f in dataclasses.fields(self.config_class)}
+        unknown = sorted(set(fields) - names)
+        if unknown:
+            raise ValueError(
+                f"method={self.name} has no option(s) {unknown}; valid options: {sorted(names)}"
+            )
+        if "total_step" in names and total_step is not None:
+            fields["total_step"] = total_step
+        return self.config_class(**fields)
+
+    # -- injection and training ----------------------------------------------------------------
+    @abc.abstractmethod
+    def apply(self, model: nn.Module, config) -> nn.Module:
+        ...
+
+    def param_groups(self, model: nn.Module, lr: float, weight_decay: float) -> list[dict]:
+        """'decay' (adapter factors, head weights) and 'no_decay' (biases, norms) groups."""
+        decay, no_decay = [], []
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                (no_decay if is_no_decay(name) else decay).append(p)
+        return [
+            {"params": decay, "lr": lr, "weight_decay": weight_decay, "name": "decay"},
+            {"params": no_decay, "lr": lr, "weight_decay": 0.0, "name": "no_decay"},
+        ]
+
+    def regularizer(self, model: nn.Module) -> torch.Tensor | None:
+        return None
+
+    def step(self, model, optimizer, lr_scheduler, global_step: int) -> dict | None:
+        """Per-optimizer-step hook (spec §1.4); returns a log record on allocation events."""
+        return None
+
+    @abc.abstractmethod
+    def budget(self, model: nn.Module) -> dict:
+        ...
+
+    # -- persistence and deployment ------------------------------------------------------------
+    @abc.abstractmethod
+    def save(self, model: nn.Module, directory: str) -> None:
+        ...
+
+    @abc.abstractmethod
+    def load(self, base_model: nn.Module, directory: str) -> nn.Module:
+        ...
+
+    @abc.abstractmethod
+    def merge(self, model: nn.Module) -> None:
+        ...
+
+    @abc.abstractmethod
+    def unmerge(self, model: nn.Module) -> None:
+        ...
+
+    @abc.abstractmethod
+    def merge_and_unload(self, model: nn.Module) -> nn.Module:
+        ...
+
+    @abc.abstractmethod
+    def disable_adapter(self, model: nn.Module) -> contextlib.AbstractContextManager[None]:
+        """Context manager: adapter branches skipped, heads use their original copies."""
+
+
+def is_no_decay(param_name: str) -> bool:
+    lowered = param_name.lower()
+    return lowered.endswith("bias") or "layernorm" in lowered or "layer_norm" in lowered or ".norm" in lowered
+
+
+def count_trainable(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def in_heads(name: str, heads: list[str]) -> bool:
+    """True when module ``name`` is a head or sits inside one (``pooler.dense`` is inside ``pooler``)."""
+    return any(f".{h}." in f".{name}." for h in heads)
+
+
+def find_targets(model: nn.Module, target_modules: list[str], heads: list[str] = ()) -> list[str]:
+    """Qualified names of the modules to adapt (spec §1.1): suffix match, ``nn.Linear`` only, not in a head.
+
+    Raises one actionable error when a match is not ``nn.Linear`` or nothing matches at all.
+    """
+    matched = []
+    for name, module in model.named_modules():
+        if not any(name == t or name.endswith("." + t) for t in target_modules):
+            continue
+        if in_heads(name, list(heads)):
+            continue
+        if not isinstance(module, nn.Linear):
+            raise ValueError(
+                f"target {name!r} is a {type(module).__name__}, but only nn.Linear can be adapted; "
+                f"narrow target_modules (got {list(target_modules)})"
+            )
+        matched.append(name)
+    if not matched:
+        linear = sorted({n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})
+        raise ValueError(
+            f"no module of {type(model).__name__} matches target_modules {list(target_modules)}; "
+            f"its nn.Linear leaf names are {linear}"
+        )
+    return matched
