@@ -30,7 +30,11 @@ def _from_pretrained(loader, name: str, kind: str, **kwargs):
         try:
             return loader.from_pretrained(path, local_files_only=True, **kwargs)
         except OSError:
-            raise hub_error(kind, name, f"backbone.{'tokenizer' if kind == 'tokenizer' else 'pretrained'}=/path/to/local/dir") from None
+            raise hub_error(
+                kind,
+                name,
+                f"backbone.{'tokenizer' if kind == 'tokenizer' else 'pretrained'}=/path/to/local/dir",
+            ) from None
     return loader.from_pretrained(path, **kwargs)
 
 

@@ -1,8 +1,9 @@
 """Learning-rate schedules that follow parameter groups added during training.
 
-A plain ``LambdaLR`` zips its per-group lists (built at construction) with ``optimizer.param_groups``;
-the zip stops at the shorter list, so a group that a growing method adds later would train at the
-optimizer's default LR forever (shared/spec/methods.md §5.8). ``GroupLambdaLR.add_group`` fixes that.
+A plain ``LambdaLR`` zips its per-group lists (built at construction) with ``optimizer.param_groups``:
+older torch stopped at the shorter list, so a group that a growing method adds later trained at the
+optimizer's default LR forever (shared/spec/methods.md §5.8); torch 2.13 zips strictly and raises.
+``GroupLambdaLR.add_group`` registers the new group with its own lambda instead.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ def linear_warmup_decay(warmup_steps: int, total_steps: int) -> LRLambda:
             return step / max(1, warmup_steps)
         return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
 
+    lr_lambda.warmup_steps = warmup_steps  # read by groups born later (new_params_lr=restart_warmup)
+    lr_lambda.total_steps = total_steps
     return lr_lambda
 
 

@@ -44,27 +44,26 @@ class AdapterMethod(abc.ABC):
     config_class: ClassVar[type]
 
     # -- configuration -------------------------------------------------------------------------
-    def make_config(self, fields: dict[str, Any], total_step: int | None = None):
+    def make_config(self, fields: dict[str, Any], **runtime: Any):
         """Build the validated config dataclass from the Hydra node (minus ``name``).
 
-        ``total_step`` (optimizer steps T) is known only once the data is loaded, so the loop passes
-        it here; methods without a schedule have no such field and ignore it.
+        ``runtime`` carries facts known only once the data is loaded (``total_step`` T in optimizer
+        steps, ``warmup_steps``); each fills the field of that name if the method has one and the
+        YAML left it null. Methods without such a field ignore it.
         """
         fields = {k: v for k, v in fields.items() if k != "name"}
         names = {f.name for f in dataclasses.fields(self.config_class)}
         unknown = sorted(set(fields) - names)
         if unknown:
-            raise ValueError(
-                f"method={self.name} has no option(s) {unknown}; valid options: {sorted(names)}"
-            )
-        if "total_step" in names and total_step is not None:
-            fields["total_step"] = total_step
+            raise ValueError(f"method={self.name} has no option(s) {unknown}; valid options: {sorted(names)}")
+        for key, value in runtime.items():
+            if key in names and fields.get(key) is None:
+                fields[key] = value
         return self.config_class(**fields)
 
     # -- injection and training ----------------------------------------------------------------
     @abc.abstractmethod
-    def apply(self, model: nn.Module, config) -> nn.Module:
-        ...
+    def apply(self, model: nn.Module, config) -> nn.Module: ...
 
     def param_groups(self, model: nn.Module, lr: float, weight_decay: float) -> list[dict]:
         """'decay' (adapter factors, head weights) and 'no_decay' (biases, norms) groups."""
@@ -85,29 +84,23 @@ class AdapterMethod(abc.ABC):
         return None
 
     @abc.abstractmethod
-    def budget(self, model: nn.Module) -> dict:
-        ...
+    def budget(self, model: nn.Module) -> dict: ...
 
     # -- persistence and deployment ------------------------------------------------------------
     @abc.abstractmethod
-    def save(self, model: nn.Module, directory: str) -> None:
-        ...
+    def save(self, model: nn.Module, directory: str) -> None: ...
 
     @abc.abstractmethod
-    def load(self, base_model: nn.Module, directory: str) -> nn.Module:
-        ...
+    def load(self, base_model: nn.Module, directory: str) -> nn.Module: ...
 
     @abc.abstractmethod
-    def merge(self, model: nn.Module) -> None:
-        ...
+    def merge(self, model: nn.Module) -> None: ...
 
     @abc.abstractmethod
-    def unmerge(self, model: nn.Module) -> None:
-        ...
+    def unmerge(self, model: nn.Module) -> None: ...
 
     @abc.abstractmethod
-    def merge_and_unload(self, model: nn.Module) -> nn.Module:
-        ...
+    def merge_and_unload(self, model: nn.Module) -> nn.Module: ...
 
     @abc.abstractmethod
     def disable_adapter(self, model: nn.Module) -> contextlib.AbstractContextManager[None]:

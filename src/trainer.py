@@ -1,0 +1,80 @@
+"""HF ``Trainer`` with the method's optimizer groups, a group-aware schedule, and one generic callback.
+
+The callback is the only link between the loop and a method: it forwards every optimizer step to
+``method.step`` and reports the method's budget. Nothing here knows which method is running.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import Trainer, TrainerCallback
+
+from src.methods.base import AdapterMethod
+from src.schedule import GroupLambdaLR, linear_warmup_decay
+from src.tracking import RunTracker
+
+
+class AdapterTrainer(Trainer):
+    def __init__(self, *args, method: AdapterMethod, **kwargs):
+        self.method = method
+        super().__init__(*args, **kwargs)
+
+    def create_optimizer(self, model=None):
+        if self.optimizer is None:
+            groups = self.method.param_groups(self.model, self.args.learning_rate, self.args.weight_decay)
+            self.optimizer = torch.optim.AdamW(
+                groups,
+                lr=self.args.learning_rate,
+                betas=(self.args.adam_beta1, self.args.adam_beta2),
+                eps=self.args.adam_epsilon,
+            )
+        return self.optimizer
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        if self.lr_scheduler is None:
+            warmup = self.args.get_warmup_steps(num_training_steps)
+            self.lr_scheduler = GroupLambdaLR(
+                optimizer or self.optimizer, linear_warmup_decay(warmup, num_training_steps)
+            )
+        return self.lr_scheduler
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        # Methods add their regulariser to outputs.loss inside forward; without labels it would be dropped.
+        if "labels" not in inputs:
+            raise ValueError(
+                "training batch has no 'labels'; the method's regulariser needs the model to compute the loss"
+            )
+        return super().compute_loss(
+            model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
+        )
+
+
+class MethodCallback(TrainerCallback):
+    """Forwards optimizer steps to the method and streams logs, evaluations and budgets to the tracker."""
+
+    def __init__(self, method: AdapterMethod, tracker: RunTracker):
+        self.method = method
+        self.tracker = tracker
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.tracker.log_budget(0, self.method.budget(model))
+
+    def on_optimizer_step(
+        self, args, state, control, model=None, optimizer=None, lr_scheduler=None, **kwargs
+    ):
+        # Runs after optimizer.step() and before lr_scheduler.step()/zero_grad(): gradients are still
+        # there, and global_step has not been incremented yet, so this is step t = global_step + 1.
+        step = state.global_step + 1
+        event = self.method.step(model, optimizer, lr_scheduler, global_step=step)
+        if event is not None:
+            self.tracker.log_budget(step, self.method.budget(model), event)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and not any(k.startswith("eval_") for k in logs):
+            self.tracker.log_train(state.global_step, logs)
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        self.tracker.log_eval(state.global_step, state.epoch, metrics or {})
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        self.tracker.log_budget(state.global_step, self.method.budget(model))

@@ -1,0 +1,47 @@
+"""Shared fixtures: the real Hydra config, composed; tiny offline models; the shared real data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+    os.environ.setdefault(var, "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG_DIR = ROOT / "configs"
+SHARED_DATA = (ROOT.parent / "shared" / "data").resolve()
+
+
+def compose_config(*overrides: str, tmp_path: Path | None = None):
+    """Compose ``configs/train.yaml`` as ``python -m src.train`` would, with outputs under tmp_path."""
+    extra = []
+    if tmp_path is not None:
+        extra = [f"paths.root_dir={tmp_path}", f"paths.output_dir={tmp_path}/out"]
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        return compose("train", overrides=[*extra, *overrides])
+
+
+@pytest.fixture
+def cfg_factory(tmp_path):
+    return lambda *overrides: compose_config(*overrides, tmp_path=tmp_path)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data: required in CI (a missing copy is a failure there), skipped locally without it."""
+    if not (SHARED_DATA / "glue" / "rte" / "train.jsonl").is_file():
+        if os.environ.get("CI"):
+            pytest.fail(f"CI needs the shared real data at {SHARED_DATA}")
+        pytest.skip(f"no shared data at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone():
+    return OmegaConf.load(CONFIG_DIR / "backbone" / "tiny-deberta.yaml")
