@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import datasets
+import torch
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
@@ -56,6 +57,7 @@ def training_arguments(
         fp16=tr.fp16,
         dataloader_num_workers=tr.dataloader_num_workers,
         remove_unused_columns=False,
+        dataloader_pin_memory=torch.cuda.is_available(),
         disable_tqdm=True,
     )
 

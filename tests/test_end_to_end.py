@@ -1,0 +1,116 @@
+"""End to end on real data: the entrypoint, run records, multirun failure isolation, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from src.train import train
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.slow
+RECORD_KEYS = {
+    "run_id", "status", "error", "config", "git", "versions", "primary_metric", "evals", "best", "final",
+    "budget", "rank_patterns", "events", "total_steps", "wall_time_s", "train_examples_per_s",
+}  # fmt: skip
+
+
+def cli(*args: str, cwd: Path = ROOT, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "src.train", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def records(root: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((root / "results" / "runs").glob("*.json"))]
+
+
+@pytest.mark.parametrize("method", ["lora", "adalora"])
+def test_tiny_deberta_on_real_rte_writes_a_complete_record(cfg_factory, shared_data, tmp_path, method):
+    cfg = cfg_factory(
+        "backbone=tiny-deberta",
+        "task=rte",
+        f"task.data_dir={shared_data}/glue/rte",
+        f"method={method}",
+        "trainer.max_steps=8",
+        "trainer.eval_steps=4",
+        "trainer.per_device_train_batch_size=8",
+        "logger=wandb",  # offline (WANDB_MODE=offline in tests): the mirror must work without an account
+    )
+    record = train(cfg)
+    on_disk = json.loads((tmp_path / "results" / "runs" / f"{record['run_id']}.json").read_text())
+    assert RECORD_KEYS <= set(on_disk)
+    assert on_disk["status"] == "ok" and on_disk["error"] is None
+    assert on_disk["total_steps"] == 8 and [e["step"] for e in on_disk["evals"]] == [4, 8]
+    assert 0.0 <= on_disk["best"]["accuracy"] <= 1.0 and on_disk["final"]["step"] == 8
+    assert on_disk["config"]["task"]["data_dir"].endswith("glue/rte")
+    assert on_disk["versions"]["peft"] == "0.21.2" and on_disk["versions"]["torch"].startswith("2.13.0")
+    assert on_disk["git"]["sha"] is None or len(on_disk["git"]["sha"]) == 40
+    budget = on_disk["budget"]
+    assert budget["initial"]["trainable_total"] > budget["initial"]["effective_adapter"] > 0
+    assert on_disk["rank_patterns"]["history"][0]["step"] == 0
+    assert len(on_disk["rank_patterns"]["modules"]) == 12
+    assert on_disk["wall_time_s"] > 0 and on_disk["train_examples_per_s"] > 0
+    assert list((tmp_path / "out" / "wandb").glob("offline-run-*")), "W&B offline run directory missing"
+    assert (tmp_path / "out" / "adapter" / "adapter_config.json").is_file()
+
+
+def test_multirun_records_a_failed_job_and_goes_on(shared_data, tmp_path):
+    good, bad = f"{shared_data}/glue/rte", str(tmp_path / "no-such-dir")
+    proc = cli(
+        "-m",
+        "backbone=tiny-deberta",
+        "task=rte",
+        f"task.data_dir={bad},{good}",
+        "method=lora",
+        "trainer.max_steps=2",
+        "trainer.eval_steps=2",
+        "logger=none",
+        f"paths.root_dir={tmp_path}",
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    by_status = {r["status"]: r for r in records(tmp_path)}
+    assert set(by_status) == {"failed", "ok"}
+    assert "no-such-dir" in by_status["failed"]["error"] and "not a directory" in by_status["failed"]["error"]
+
+
+def test_bad_input_in_a_single_run_is_one_line_and_recorded(tmp_path):
+    proc = cli(
+        "backbone=tiny-deberta",
+        "task=rte",
+        "task.data_dir=/nonexistent/rte",
+        "logger=none",
+        f"paths.root_dir={tmp_path}",
+    )
+    assert proc.returncode == 1
+    assert (
+        proc.stderr.strip()
+        .splitlines()[-1]
+        .startswith("error: task.data_dir='/nonexistent/rte' is not a directory")
+    )
+    assert "Traceback" not in proc.stderr
+    assert [r["status"] for r in records(tmp_path)] == ["failed"]
+
+
+def test_unknown_method_lists_the_choices(tmp_path):
+    proc = cli("method=dora", f"paths.root_dir={tmp_path}")
+    assert proc.returncode != 0 and "Could not find 'method/dora'" in proc.stderr and "lora" in proc.stderr
+
+
+def test_hub_backbone_while_offline_fails_fast(tmp_path):
+    start = time.time()
+    proc = cli("backbone=deberta-v3-base", "task=rte", "logger=none", f"paths.root_dir={tmp_path}")
+    assert proc.returncode == 1 and time.time() - start < 60
+    assert "microsoft/deberta-v3-base" in proc.stderr and "Traceback" not in proc.stderr
