@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 import datasets
-import torch
 import hydra
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
