@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 DATA_DIR ?= ../shared/data/glue
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help setup demo test test-fast lint format clean
+.PHONY: help setup demo test test-fast lint format clean bench-overhead
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -29,6 +29,9 @@ test: ## the whole offline CPU test suite (< 10 min)
 test-fast: ## the tests without end-to-end runs
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=offline \
 		$(PY) -m pytest -q -m "not slow"
+
+bench-overhead: ## step time / peak memory / allocation-event time per method -> results/bench/overhead.{json,md}
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) scripts/bench_overhead.py $(BENCH_ARGS)
 
 lint: ## ruff check and format check
 	$(VENV)/bin/ruff check src tests scripts
