@@ -33,6 +33,8 @@ def restart_warmup(birth_step: int, warmup_steps: int, total_steps: int) -> LRLa
     """IncreLoRA's per-group schedule (spec §4): own warmup from ``birth_step``, then decay to 0 at T."""
 
     def lr_lambda(step: int) -> float:
+        if step >= total_steps:  # a group born within W steps of T still ends at 0 with the others
+            return 0.0
         age = step - birth_step
         if age < warmup_steps:
             return max(0.0, age / max(1, warmup_steps))

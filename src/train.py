@@ -7,6 +7,7 @@ component comes from its config group; this file names no method, task or backbo
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -73,6 +74,10 @@ def train(cfg: DictConfig) -> dict:
     try:
         set_seed(cfg.seed)
         method = get_method(cfg.method.name)
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not method.supports_distributed:
+            raise ValueError(
+                f"method={method.name} grows parameters and does not support multi-process runs yet"
+            )
         tokenizer = load_tokenizer(cfg.backbone)
         task = prepare_task(cfg.task, tokenizer, cfg.seed)
         tracker.set_primary_metric(task.primary_metric)

@@ -16,6 +16,9 @@ import torch
 from torch import nn
 
 METHODS: dict[str, type[AdapterMethod]] = {}
+# Keys of a method's YAML that select things (the method, the paper protocol of spec §6) rather than
+# configure it; they never reach the config dataclass.
+SELECTOR_KEYS = ("name", "protocol")
 
 
 def register(name: str):
@@ -42,16 +45,19 @@ class AdapterMethod(abc.ABC):
 
     name: ClassVar[str]
     config_class: ClassVar[type]
+    # Growing methods add parameters after DDP has wrapped the model; until that is synchronised
+    # and tested (spec §1.1), the loop refuses to run them on several processes.
+    supports_distributed: ClassVar[bool] = True
 
     # -- configuration -------------------------------------------------------------------------
     def make_config(self, fields: dict[str, Any], **runtime: Any):
-        """Build the validated config dataclass from the Hydra node (minus ``name``).
+        """Build the validated config dataclass from the Hydra node (minus ``SELECTOR_KEYS``).
 
         ``runtime`` carries facts known only once the data is loaded (``total_step`` T in optimizer
         steps, ``warmup_steps``); each fills the field of that name if the method has one and the
         YAML left it null. Methods without such a field ignore it.
         """
-        fields = {k: v for k, v in fields.items() if k != "name"}
+        fields = {k: v for k, v in fields.items() if k not in SELECTOR_KEYS}
         names = {f.name for f in dataclasses.fields(self.config_class)}
         unknown = sorted(set(fields) - names)
         if unknown:

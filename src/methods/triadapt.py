@@ -1,0 +1,448 @@
+"""TriAdaptLoRA (arXiv 2501.08008): LoRA with a triangular-split transform and threshold-driven growth.
+
+h = W0 x + s · B (L + U) A · dropout(x), with T = L + U stored as block strips so that growing the
+rank appends tensors and never reallocates one (shared/spec/methods.md §5). Ranks grow at allocation
+events chosen by a dynamic threshold on the change of each module's normalised ‖T‖_F.
+
+Follows the authors' reference implementation (DiverValue-Bench ``triadaptlora.py``); every place
+where we differ is an option, listed in the spec's decision table (D1–D12).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from src.methods import common
+from src.methods.base import find_targets, register
+
+SCHEDULES = ("linear", "exponential", "fixed")
+INITS = ("identity", "gaussian")
+SCALINGS = ("rank", "constant")
+SCORES = ("increment", "level")
+NORM_DIVISORS = ("rank", "blocks")
+SELECTIONS = ("top_k", "threshold")
+ORTH_REDUCTIONS = ("per_factor", "per_module")
+
+
+@dataclasses.dataclass
+class TriAdaptConfig:
+    """Spec §5.1. Plain fields so the class doubles as a Hydra structured config."""
+
+    target_modules: list[str] = dataclasses.field(default_factory=list)  # preset §1.2, never a default
+    modules_to_save: list[str] = dataclasses.field(default_factory=list)
+    reference_rank: int = 8  # r̄: R* = r̄·M unless target_total_rank is given
+    init_rank: int = 1  # r0
+    incre_rank_num: int = 1  # k (D3: reference uses r̄/2)
+    target_total_rank: int | None = None  # R*
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    scaling: str = "rank"  # D1: s = α/r_current; "constant": α/r̄
+    init: str = "identity"  # D2: function-preserving; "gaussian": reference rank-1 backup
+    init_std: float = 0.02
+    score: str = "increment"  # "level": S_i = N_i
+    norm_divisor: str = "rank"  # D4
+    schedule: str = "linear"  # D10
+    top_h: int = 1  # K for schedule=fixed only
+    selection: str = "top_k"  # D5
+    clip_to_budget: bool = True  # D6
+    init_warmup: int = 50  # T_w; short-run default, paper-scale values in configs/task_backbone/
+    incre_interval: int = 10  # Δ
+    total_step: int | None = None  # T, filled by the loop
+    orth_reg_weight: float = 0.1  # γ (D7: reference 0.5)
+    orth_reduction: str = "per_factor"
+    new_params_lr: str = "follow"  # D8
+
+    def __post_init__(self):
+        self.target_modules = [str(t) for t in self.target_modules]
+        self.modules_to_save = [str(h) for h in self.modules_to_save]
+        for field, choices in (
+            ("scaling", SCALINGS),
+            ("init", INITS),
+            ("score", SCORES),
+            ("norm_divisor", NORM_DIVISORS),
+            ("schedule", SCHEDULES),
+            ("selection", SELECTIONS),
+            ("orth_reduction", ORTH_REDUCTIONS),
+            ("new_params_lr", common.NEW_PARAMS_LR),
+        ):
+            if getattr(self, field) not in choices:
+                raise ValueError(f"triadapt: {field}={getattr(self, field)!r}; choose one of {list(choices)}")
+        if self.total_step is None:
+            raise ValueError("triadapt: total_step (optimizer steps T) must be set; the loop fills it")
+        if self.total_step <= self.init_warmup:
+            raise ValueError(
+                f"triadapt: total_step={self.total_step} must exceed init_warmup={self.init_warmup}, "
+                "otherwise no rank is ever allocated"
+            )
+        for field, low in (
+            ("init_rank", 1),
+            ("incre_rank_num", 1),
+            ("incre_interval", 1),
+            ("init_warmup", 0),
+        ):
+            if getattr(self, field) < low:
+                raise ValueError(f"triadapt: {field}={getattr(self, field)} must be >= {low}")
+        if self.reference_rank < self.init_rank:
+            raise ValueError(
+                f"triadapt: reference_rank={self.reference_rank} must be >= init_rank={self.init_rank}"
+            )
+        if self.target_total_rank is not None and self.target_total_rank < 1:
+            raise ValueError(f"triadapt: target_total_rank={self.target_total_rank} must be >= 1 or null")
+        if self.schedule == "fixed" and self.top_h < 1:
+            raise ValueError(f"triadapt: schedule=fixed needs top_h >= 1, got {self.top_h}")
+        if self.orth_reg_weight < 0:
+            raise ValueError(f"triadapt: orth_reg_weight={self.orth_reg_weight} must be >= 0")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ValueError(f"triadapt: lora_dropout={self.lora_dropout} must be in [0, 1)")
+        if self.init_std <= 0:
+            raise ValueError(f"triadapt: init_std={self.init_std} must be > 0 (A = 0 would never train)")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Layer
+# ---------------------------------------------------------------------------------------------------
+class TriAdaptLinear(common.AdapterLinear):
+    """Frozen linear + s·B (L + U) A, stored as per-block strips (spec §5.2).
+
+    Block j (size k_j, cumulative rank s_j) owns ``A[j]`` (k_j × d_in), ``B[j]`` (d_out × k_j), the
+    row strip ``L[j]`` (k_j × s_j, rows [s_{j-1}, s_j) of L) and the column strip ``U[j]``
+    (s_j × k_j, columns [s_{j-1}, s_j) of U). Growth appends a block; existing tensors are never
+    touched, so they keep their identity and their optimizer state.
+    """
+
+    def __init__(
+        self,
+        base_layer: nn.Linear,
+        init_rank: int,
+        lora_alpha: float,
+        lora_dropout: float = 0.0,
+        scaling: str = "rank",
+        reference_rank: int = 8,
+        init: str = "identity",
+        init_std: float = 0.02,
+    ):
+        super().__init__(base_layer)
+        self.lora_alpha = lora_alpha
+        self.scaling_mode = scaling
+        self.reference_rank = reference_rank
+        self.init = init
+        self.init_std = init_std
+        self.dropout = nn.Dropout(lora_dropout) if lora_dropout > 0 else nn.Identity()
+        self.A = nn.ParameterList()
+        self.B = nn.ParameterList()
+        self.L = nn.ParameterList()
+        self.U = nn.ParameterList()
+        self._blocks: list[int] = []
+        self.grow(init_rank)
+
+    @property
+    def rank(self) -> int:
+        return sum(self._blocks)
+
+    @property
+    def scale(self) -> float:
+        return self.lora_alpha / (self.rank if self.scaling_mode == "rank" else self.reference_rank)
+
+    def block_sizes(self) -> list[int]:
+        return list(self._blocks)
+
+    def grow(self, k: int) -> list[nn.Parameter]:
+        """Append one block of size ``k`` (spec §5.4 init) and return its four new parameters."""
+        self.check_not_merged("grow")
+        r, s = self.rank, self.rank + k
+        w = self.base_layer.weight
+        kw = {"device": w.device, "dtype": torch.float32}
+        first = not self._blocks
+        A = torch.randn(k, self.in_features, **kw) * self.init_std
+        if self.init == "identity":
+            # T becomes diag(T_old, I_k) and the new B columns are 0, so B T A is exactly unchanged
+            B = torch.zeros(self.out_features, k, **kw)
+            L, U = torch.zeros(k, s, **kw), torch.zeros(s, k, **kw)
+            L[:, r:] = torch.eye(k, **kw) / 2
+            U[r:, :] = torch.eye(k, **kw) / 2
+        else:
+            B = (
+                torch.zeros(self.out_features, k, **kw)
+                if first
+                else torch.randn(self.out_features, k, **kw) * self.init_std
+            )
+            L, U = torch.randn(k, s, **kw) * self.init_std, torch.randn(s, k, **kw) * self.init_std
+        new = [nn.Parameter(t) for t in (L, U, A, B)]
+        for plist, p in zip((self.L, self.U, self.A, self.B), new, strict=True):
+            plist.append(p)
+        self._blocks.append(k)
+        return new
+
+    def restore_blocks(self, blocks: list[int]) -> None:
+        current = self.block_sizes()
+        if blocks[: len(current)] != current:
+            raise ValueError(f"block pattern {blocks} does not extend the layer's blocks {current}")
+        for k in blocks[len(current) :]:
+            self.grow(k)
+
+    def transform(self) -> torch.Tensor:
+        """T = L + U (r × r), assembled from the strips by zero-padding (autograd-safe)."""
+        r = self.rank
+        L = torch.cat([F.pad(strip, (0, r - strip.shape[1])) for strip in self.L], dim=0)
+        U = torch.cat([F.pad(strip, (0, 0, 0, r - strip.shape[0])) for strip in self.U], dim=1)
+        return L + U
+
+    def factor_A(self) -> torch.Tensor:
+        return torch.cat(list(self.A), dim=0)
+
+    def factor_B(self) -> torch.Tensor:
+        return torch.cat(list(self.B), dim=1)
+
+    def adapter_forward(self, x: torch.Tensor) -> torch.Tensor:
+        # factored (D11): O(n·r·(d_in + d_out + r)); the d_out × d_in update is never built here.
+        # A is fp32 unless the whole model was cast after injection; follow it rather than fail.
+        A = self.factor_A()
+        h = F.linear(self.dropout(x.to(A.dtype)), A)
+        h = F.linear(h, self.transform())
+        return F.linear(h, self.factor_B()) * self.scale
+
+    def delta_weight(self) -> torch.Tensor:
+        return self.scale * (self.factor_B() @ self.transform() @ self.factor_A()).float()
+
+    def effective_params(self) -> int:
+        """§5.9: r (d_in + d_out) + Σ_j 2 k_j s_j."""
+        total, cum = self.rank * (self.in_features + self.out_features), 0
+        for k in self._blocks:
+            cum += k
+            total += 2 * k * cum
+        return total
+
+    @torch.no_grad()
+    def norm(self, divisor: str) -> float:
+        """N_i = ‖L + U‖_F / r_i (or / number of blocks), fp32 (spec §5.5)."""
+        value = torch.linalg.norm(self.transform().float()).item()
+        return value / (self.rank if divisor == "rank" else len(self._blocks))
+
+    def extra_repr(self) -> str:
+        return f"blocks={self._blocks}, scale={self.scale:.4g}, init={self.init}"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Allocator (pure functions, spec §5.5–5.6)
+# ---------------------------------------------------------------------------------------------------
+def is_event_step(t: int, init_warmup: int, incre_interval: int) -> bool:
+    return t > init_warmup and t % incre_interval == 0
+
+
+def progress(t: int, init_warmup: int, total_step: int) -> float:
+    return (t - init_warmup) / (total_step - init_warmup)
+
+
+def allocation_size(
+    schedule: str, remaining: int, t: int, init_warmup: int, total_step: int, top_h: int, num_modules: int
+) -> int:
+    """K = floor(R_rem·p) | floor(R_rem^p) | top_h, clipped to [1, M]."""
+    if schedule == "linear":
+        k = remaining * (t - init_warmup) // (total_step - init_warmup)  # exact, no float rounding
+    elif schedule == "exponential":
+        k = math.floor(remaining ** progress(t, init_warmup, total_step))
+    elif schedule == "fixed":
+        k = top_h
+    else:
+        raise ValueError(f"schedule={schedule!r}; choose one of {list(SCHEDULES)}")
+    return min(max(k, 1), num_modules)
+
+
+def select_modules(scores: list[float], k: int, selection: str = "top_k") -> list[int]:
+    """Indices of the modules to grow, best first; ties broken by module order (stable)."""
+    order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+    if selection == "top_k":
+        return order[:k]
+    tau = scores[order[k - 1]]  # threshold (reference): every module reaching the K-th score
+    return [i for i in order if scores[i] >= tau]
+
+
+def growth_sizes(n_selected: int, total_rank: int, target_total_rank: int, k: int, clip: bool) -> list[int]:
+    """Ranks given to each selected module in order, stopping once R reaches R*."""
+    sizes = []
+    for _ in range(n_selected):
+        if total_rank >= target_total_rank:
+            break
+        g = min(k, target_total_rank - total_rank) if clip else k
+        sizes.append(g)
+        total_rank += g
+    return sizes
+
+
+def dry_run_schedule(
+    num_modules: int,
+    init_rank: int,
+    target_total_rank: int,
+    incre_rank_num: int,
+    total_step: int,
+    init_warmup: int,
+    incre_interval: int,
+    schedule: str = "linear",
+    top_h: int = 1,
+    clip_to_budget: bool = True,
+) -> list[dict]:
+    """Counts-only simulation of the schedule (no ties assumed): one record per allocation event."""
+    events, total = [], init_rank * num_modules
+    first = (init_warmup // incre_interval + 1) * incre_interval
+    for t in range(first, total_step + 1, incre_interval):
+        if total >= target_total_rank:
+            break
+        remaining = target_total_rank - total
+        k = allocation_size(schedule, remaining, t, init_warmup, total_step, top_h, num_modules)
+        grown = growth_sizes(k, total, target_total_rank, incre_rank_num, clip_to_budget)
+        total += sum(grown)
+        events.append({"step": t, "K": k, "grown": len(grown), "total_rank": total})
+    return events
+
+
+# ---------------------------------------------------------------------------------------------------
+# Method
+# ---------------------------------------------------------------------------------------------------
+@register("triadapt")
+class TriAdaptLoRA(common.GrowingAdapterMethod):
+    """The §1.3 contract for TriAdaptLoRA; state lives on the model (``model.adapter_info.state``)."""
+
+    config_class = TriAdaptConfig
+
+    def apply(self, model: nn.Module, config: TriAdaptConfig) -> nn.Module:
+        if isinstance(config, dict):
+            config = TriAdaptConfig(**config)
+        num_modules = len(find_targets(model, config.target_modules, config.modules_to_save))
+        target_total = config.target_total_rank or config.reference_rank * num_modules
+        if target_total < config.init_rank * num_modules:
+            raise ValueError(
+                f"triadapt: target_total_rank={target_total} is below init_rank·M = "
+                f"{config.init_rank}·{num_modules}; nothing could ever be allocated"
+            )
+
+        def make_layer(name: str, linear: nn.Linear) -> TriAdaptLinear:
+            return TriAdaptLinear(
+                linear,
+                init_rank=config.init_rank,
+                lora_alpha=config.lora_alpha,
+                lora_dropout=config.lora_dropout,
+                scaling=config.scaling,
+                reference_rank=config.reference_rank,
+                init=config.init,
+                init_std=config.init_std,
+            )
+
+        model = common.prepare_model(
+            model,
+            self.name,
+            config,
+            config.target_modules,
+            config.modules_to_save,
+            make_layer,
+            self.regularizer,
+        )
+        layers = common.adapter_layers(model)
+        info = common.get_info(model)
+        info.state.update(
+            target_total_rank=target_total,
+            norm_prev={name: layer.norm(config.norm_divisor) for name, layer in layers.items()},
+            events=0,
+        )
+        events = dry_run_schedule(
+            len(layers),
+            config.init_rank,
+            target_total,
+            config.incre_rank_num,
+            config.total_step,
+            config.init_warmup,
+            config.incre_interval,
+            config.schedule,
+            config.top_h,
+            config.clip_to_budget,
+        )
+        reached = events[-1]["total_rank"] if events else config.init_rank * len(layers)
+        if reached < target_total:
+            warnings.warn(
+                f"triadapt: the schedule reaches total rank {reached} of {target_total} by step "
+                f"{config.total_step} ({len(events)} events); lower init_warmup/incre_interval, raise "
+                "incre_rank_num or train longer",
+                stacklevel=2,
+            )
+        return model
+
+    def regularizer(self, model: nn.Module) -> torch.Tensor | None:
+        """γ · R_orth over the concatenated A and B of every module (spec §5.7), never over T."""
+        config = common.get_info(model).config
+        if config.orth_reg_weight == 0:
+            return None
+        layers = list(common.adapter_layers(model).values())
+        total = sum(common.orth_penalty(layer.factor_A(), layer.factor_B()) for layer in layers)
+        denom = 2 * len(layers) if config.orth_reduction == "per_factor" else len(layers)
+        return config.orth_reg_weight * total / denom
+
+    def importance(self, model: nn.Module) -> list[float]:
+        """S_i per module in module order (spec §5.5); updates N_prev for every module."""
+        info = common.get_info(model)
+        config, prev = info.config, info.state["norm_prev"]
+        scores = []
+        for name, layer in common.adapter_layers(model).items():
+            current = layer.norm(config.norm_divisor)
+            scores.append(current - prev[name] if config.score == "increment" else current)
+            prev[name] = current
+        return scores
+
+    def step(self, model, optimizer, lr_scheduler, global_step: int) -> dict | None:
+        """Allocation hook (spec §5.10 step 5). Returns a log record on events, else None."""
+        info = common.get_info(model)
+        config, target_total = info.config, info.state["target_total_rank"]
+        layers = common.adapter_layers(model)
+        total = sum(layer.rank for layer in layers.values())
+        if total >= target_total or not is_event_step(global_step, config.init_warmup, config.incre_interval):
+            return None
+        if any(layer.merged for layer in layers.values()):
+            raise RuntimeError("triadapt: cannot grow a merged model; unmerge() before training on")
+        scores = self.importance(model)
+        k = allocation_size(
+            config.schedule,
+            target_total - total,
+            global_step,
+            config.init_warmup,
+            config.total_step,
+            config.top_h,
+            len(layers),
+        )
+        names = list(layers)
+        selected = [names[i] for i in select_modules(scores, k, config.selection)]
+        sizes = growth_sizes(len(selected), total, target_total, config.incre_rank_num, config.clip_to_budget)
+        new_params, grown = [], {}
+        for name, g in zip(selected, sizes, strict=False):
+            new_params += layers[name].grow(g)
+            grown[name] = g
+        if optimizer is not None:
+            common.add_param_group(
+                optimizer,
+                lr_scheduler,
+                new_params,
+                config.new_params_lr,
+                global_step,
+                config.total_step,
+                name=f"triadapt@{global_step}",
+            )
+        info.state["events"] += 1
+        return {
+            "step": global_step,
+            "p": progress(global_step, config.init_warmup, config.total_step),
+            "K": k,
+            "selected": selected,
+            "grown": grown,
+            "total_rank": total + sum(sizes),
+            "target_total_rank": target_total,
+            "new_params": sum(p.numel() for p in new_params),
+        }
+
+    def load(self, base_model: nn.Module, directory: str) -> nn.Module:
+        with warnings.catch_warnings():
+            # a loaded adapter is used, not trained on: the schedule's dry-run warning would be noise
+            warnings.filterwarnings("ignore", message="triadapt: the schedule")
+            return common.load_adapter(self, base_model, directory)
