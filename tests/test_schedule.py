@@ -52,3 +52,9 @@ def test_add_group_requires_exactly_one_new_group():
     opt, sched = make()
     with pytest.raises(RuntimeError, match="exactly one"):
         sched.add_group()
+
+
+def test_restart_warmup_group_born_near_the_end_still_reaches_zero_at_T():
+    f = restart_warmup(birth_step=9, warmup_steps=5, total_steps=10)
+    assert f(9) == 0.0 and f(10) == 0.0
+    assert restart_warmup(birth_step=6, warmup_steps=5, total_steps=10)(8) == pytest.approx(0.4)
