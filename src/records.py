@@ -30,7 +30,7 @@ PACKAGES = (
     "scipy",
 )
 # Keys that do not change what a run computes, so they stay out of its identity.
-NON_IDENTITY_KEYS = ("paths", "logger", "run_id", "hydra")
+NON_IDENTITY_KEYS = ("paths", "logger", "run_id", "hydra", "skip_existing", "save_adapter")
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:

@@ -23,7 +23,7 @@ from src.backbones import load_model, load_tokenizer
 from src.data import DataError
 from src.hub import HubUnavailableError, ensure_offline_mode_if_unreachable
 from src.methods import get_method
-from src.records import default_run_id
+from src.records import default_run_id, load_record
 from src.tasks import optimizer_steps, prepare_task
 from src.tracking import RunTracker
 from src.trainer import AdapterTrainer, MethodCallback
@@ -69,8 +69,16 @@ def train(cfg: DictConfig) -> dict:
     datasets.disable_progress_bars()
     config = OmegaConf.to_container(cfg, resolve=True)
     run_id = cfg.run_id or default_run_id(config)
+    record_path = Path(cfg.paths.runs_dir) / f"{run_id}.json"
+    if cfg.skip_existing and record_path.is_file() and load_record(record_path).get("status") == "ok":
+        log.info(
+            "run %s already has an ok record (%s); skipping (skip_existing=false reruns it)",
+            run_id,
+            record_path,
+        )
+        return load_record(record_path)
     output_dir = str(Path(cfg.paths.output_dir))
-    tracker = RunTracker(run_id, config, Path(cfg.paths.runs_dir) / f"{run_id}.json", cfg.logger, output_dir)
+    tracker = RunTracker(run_id, config, record_path, cfg.logger, output_dir)
     try:
         set_seed(cfg.seed)
         method = get_method(cfg.method.name)

@@ -114,3 +114,16 @@ def test_hub_backbone_while_offline_fails_fast(tmp_path):
     proc = cli("backbone=deberta-v3-base", "task=rte", "logger=none", f"paths.root_dir={tmp_path}")
     assert proc.returncode == 1 and time.time() - start < 60
     assert "microsoft/deberta-v3-base" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_skip_existing_reuses_an_ok_record_and_reruns_otherwise(cfg_factory, shared_data, tmp_path):
+    args = ["backbone=tiny-deberta", "task=rte", f"task.data_dir={shared_data}/glue/rte", "logger=none"]
+    args += ["trainer.max_steps=2", "trainer.eval_steps=2", "task.max_eval_samples=16", "save_adapter=false"]
+    first = train(cfg_factory(*args))
+    path = tmp_path / "results" / "runs" / f"{first['run_id']}.json"
+    path.write_text(json.dumps({**first, "marker": "kept"}))
+    again = train(cfg_factory(*args, "skip_existing=true"))
+    assert again["run_id"] == first["run_id"] and again.get("marker") == "kept"
+    path.write_text(json.dumps({**first, "status": "failed"}))
+    rerun = train(cfg_factory(*args, "skip_existing=true"))
+    assert rerun["status"] == "ok" and json.loads(path.read_text())["status"] == "ok"
