@@ -69,9 +69,9 @@ class MethodCallback(TrainerCallback):
         if event is not None:
             self.tracker.log_budget(step, self.method.budget(model), event)
 
-    def on_log(self, args, state, control, logs=None, **kwargs):
+    def on_log(self, args, state, control, logs=None, model=None, **kwargs):
         if logs and not any(k.startswith("eval_") for k in logs):
-            self.tracker.log_train(state.global_step, logs)
+            self.tracker.log_train(state.global_step, {**logs, **self.method.extra_logs(model)})
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         self.tracker.log_eval(state.global_step, state.epoch, metrics or {})

@@ -85,6 +85,10 @@ class AdapterMethod(abc.ABC):
     def regularizer(self, model: nn.Module) -> torch.Tensor | None:
         return None
 
+    def extra_logs(self, model: nn.Module) -> dict[str, float]:
+        """Values worth logging beside the loss at each logging step (e.g. the regulariser)."""
+        return {}
+
     def step(self, model, optimizer, lr_scheduler, global_step: int) -> dict | None:
         """Per-optimizer-step hook (spec §1.4); returns a log record on allocation events."""
         return None

@@ -582,6 +582,10 @@ class GrowingAdapterMethod(AdapterMethod):
 
     supports_distributed = False  # parameters born after DDP wrapping are not synchronised yet
 
+    def extra_logs(self, model: nn.Module) -> dict[str, float]:
+        reg = get_info(model).last_regularizer  # spec §5.7: logged apart from the task loss
+        return {} if reg is None else {"orth_reg": float(reg)}
+
     def budget(self, model: nn.Module) -> dict:
         return budget_report(model, get_info(model).state.get("target_total_rank"))
 

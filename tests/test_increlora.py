@@ -1,0 +1,663 @@
+"""IncreLoRA against the properties of shared/spec/methods.md §7 (toy MLP and tiny DeBERTa, CPU).
+
+Training helpers call the hook in HF Trainer's order (``optimizer.step``, ``method.step``,
+``lr_scheduler.step``, ``zero_grad``), the order ``src/trainer.py`` runs it in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+from torch import nn
+from transformers.modeling_outputs import SequenceClassifierOutput
+
+from src.backbones import load_model
+from src.methods import common, get_method
+from src.methods.increlora import IncreLoRA, IncreLoRAConfig, IncreLoRALinear
+from src.schedule import GroupLambdaLR, linear_warmup_decay
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = os.path.join(ROOT, "configs", "backbone", "tiny-deberta.yaml")
+BACKBONE = OmegaConf.load(TINY)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Models, configs, a training loop in HF order
+# ---------------------------------------------------------------------------------------------------
+class ToyMLP(nn.Module):
+    def __init__(self, seed: int = 0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.fc1 = nn.Linear(10, 20)
+        self.act = nn.ReLU()
+        self.fc2 = nn.Linear(20, 2)
+
+    def forward(self, x, labels=None):
+        logits = self.fc2(self.act(self.fc1(x)))
+        loss = F.cross_entropy(logits, labels) if labels is not None else None
+        return SequenceClassifierOutput(loss=loss, logits=logits)
+
+
+def toy_config(**kw) -> IncreLoRAConfig:
+    base = dict(target_rank=2, top_h=1, init_warmup=2, incre_interval=2, total_step=20, warmup_steps=2,
+                lora_alpha=8, target_modules=["fc1", "fc2"])
+    return IncreLoRAConfig(**{**base, **kw})
+
+
+def deberta_config(**kw) -> IncreLoRAConfig:
+    base = dict(target_rank=2, top_h=3, init_warmup=2, incre_interval=2, total_step=12, warmup_steps=2,
+                target_modules=list(BACKBONE.target_modules), modules_to_save=list(BACKBONE.heads.seq_cls))
+    return IncreLoRAConfig(**{**base, **kw})
+
+
+def deberta(seed: int = 0) -> nn.Module:
+    return load_model(BACKBONE, "seq_cls", 2, seed)
+
+
+def toy_batch(step: int, micro: int = 0):
+    g = torch.Generator().manual_seed(1000 * step + micro)
+    return {"x": torch.randn(16, 10, generator=g), "labels": torch.randint(0, 2, (16,), generator=g)}
+
+
+def deberta_batch(step: int, micro: int = 0):
+    g = torch.Generator().manual_seed(1000 * step + micro)
+    ids = torch.randint(1, 1000, (4, 12), generator=g)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.randint(0, 2, (4,), generator=g)}
+
+
+def no_labels(batch: dict) -> dict:
+    return {k: v for k, v in batch.items() if k != "labels"}
+
+
+def adapted(kind: str = "toy", seed: int = 0, **kw):
+    method = IncreLoRA()
+    base = ToyMLP(seed) if kind == "toy" else deberta(seed)
+    config = toy_config(**kw) if kind == "toy" else deberta_config(**kw)
+    return method, method.apply(base, config)
+
+
+def make_optim(method, model, lr=1e-2, warmup=2, total=20):
+    optimizer = torch.optim.AdamW(method.param_groups(model, lr, 0.01), lr=lr)
+    return optimizer, GroupLambdaLR(optimizer, linear_warmup_decay(warmup, total))
+
+
+def train(method, model, optimizer, scheduler, steps, batch=toy_batch, start=1, accum=1, on_step=None):
+    """HF order; returns the events. ``on_step(t)`` runs after scheduler.step (LR for step t+1 is set)."""
+    model.train()
+    events = []
+    for t in range(start, start + steps):
+        for micro in range(accum):
+            (model(**batch(t, micro)).loss / accum).backward()
+        optimizer.step()
+        event = method.step(model, optimizer, scheduler, t)
+        if event is not None:
+            events.append(event)
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        if on_step is not None:
+            on_step(t)
+    return events
+
+
+@torch.no_grad()
+def logits(model, batch) -> torch.Tensor:
+    model.eval()
+    return model(**no_labels(batch)).logits.clone()
+
+
+def ranks(method, model) -> dict[str, int]:
+    return {name: layer.rank for name, layer in method.layers(model).items()}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Config
+# ---------------------------------------------------------------------------------------------------
+def test_registered_and_k_default():
+    assert isinstance(get_method("increlora"), IncreLoRA)
+    assert [toy_config(target_rank=r).incre_rank_num for r in (2, 4, 6, 8)] == [1, 2, 3, 4]
+    assert toy_config(target_rank=3, incre_rank_num=2).k == 2
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"total_step": None}, "total_step"),
+        ({"total_step": 2, "init_warmup": 2}, "must exceed init_warmup"),
+        ({"top_h": 0}, "top_h"),
+        ({"incre_rank_num": 0}, "incre_rank_num"),
+        ({"target_rank": 3}, "no default for target_rank=3"),
+        ({"target_rank": 1, "init_rank": 2}, "target_rank"),
+        ({"score_norm": "mean"}, "sqrt_numel"),
+        ({"new_params_lr": "peak"}, "restart_warmup"),
+        ({"beta1": 1.0}, "beta1"),
+        ({"spare_lambda": 0.0}, "spare_lambda"),
+        ({"target_modules": []}, "target_modules"),
+    ],
+)
+def test_config_rejects(kw, match):
+    with pytest.raises(ValueError, match=match):
+        toy_config(**kw)
+
+
+@pytest.mark.parametrize(("overrides", "expected"), [
+    (["budget=r2"], {"target_rank": 2, "incre_rank_num": 1, "top_h": 12, "init_warmup": 50, "incre_interval": 10}),
+    (["budget=r8", "task=mnli", "backbone=deberta-v3-base"],  # paper numbers: MNLI r̄ 8 uses k = 1
+     {"target_rank": 8, "incre_rank_num": 1, "top_h": 18, "init_warmup": 1000, "incre_interval": 1000}),
+])
+def test_yaml_has_every_field_and_reads_budget_and_paper_numbers(overrides, expected):
+    from tests.conftest import compose_config
+
+    cfg = compose_config("method=increlora", "backbone=tiny-deberta", *overrides)
+    fields = OmegaConf.to_container(cfg.method, resolve=True)
+    assert (fields.pop("name"), fields.pop("protocol")) == ("increlora", "increlora")
+    assert list(fields) == [f.name for f in dataclasses.fields(IncreLoRAConfig)]
+    assert {k: fields[k] for k in expected} == expected
+    for f in dataclasses.fields(IncreLoRAConfig):  # everything not taken from budget/paper: the default
+        if f.default is not dataclasses.MISSING and f.name not in expected and overrides == ["budget=r2"]:
+            assert fields[f.name] == f.default, f.name
+    config = IncreLoRA().make_config(OmegaConf.to_container(cfg.method, resolve=True), total_step=5000,
+                                     warmup_steps=30)
+    assert (config.total_step, config.warmup_steps) == (5000, 30)
+    assert config.target_modules == list(cfg.backbone.target_modules)
+
+
+def test_make_config_fills_runtime_fields_and_warns_when_budget_unreachable():
+    config = IncreLoRA().make_config(
+        {"name": "increlora", "target_rank": 2, "top_h": 1, "init_warmup": 1, "incre_interval": 1,
+         "total_step": None, "warmup_steps": None, "target_modules": ["fc1", "fc2"]},
+        total_step=3, warmup_steps=1,
+    )
+    assert (config.total_step, config.warmup_steps) == (3, 1)
+    # R0 = 2, R* = 6; events at t = 2, 3 add one rank each: 2 < 4 needed
+    with pytest.warns(UserWarning, match="at most 2 ranks"):
+        IncreLoRA().apply(ToyMLP(), toy_config(target_rank=3, incre_rank_num=1, top_h=1, total_step=3,
+                                               init_warmup=1, incre_interval=1))
+
+
+# ---------------------------------------------------------------------------------------------------
+# §7.1 identity at init, factored == explicit forward
+# ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["toy", "deberta"])
+def test_identity_at_init(kind):
+    batch = toy_batch(0) if kind == "toy" else deberta_batch(0)
+    base = logits(ToyMLP() if kind == "toy" else deberta(), batch)
+    _, exact = adapted(kind, advance_learning=False)
+    assert (logits(exact, batch) - base).abs().max() <= 1e-6
+    _, spare = adapted(kind, advance_learning=True)
+    deviation = (logits(spare, batch) - base).abs().max()
+    assert 0 < deviation < 1e-4  # the spare's 1e-5-scaled term, and only that
+
+
+def test_explicit_growth_forward_equals_factored_forward():
+    method, model = adapted("deberta")
+    method.allocate(model, None, None, 4, {name: 0.0 for name in method.layers(model)})  # blocks [1, 1]
+    with torch.no_grad():  # non-trivial values for every E, the spare's included
+        for layer in method.layers(model).values():
+            for e in [*layer.lora_E, layer.spare_E]:
+                e.uniform_(-1, 1)
+    batch = deberta_batch(99)
+    factored = logits(model, batch)  # no_grad: factored path
+    with torch.enable_grad():
+        explicit = model(**no_labels(batch)).logits.detach()  # grad enabled: ΔW built for the hook
+    assert torch.allclose(factored, explicit, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Importance: sensitivity, EMA, uncertainty
+# ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("score_norm", ["sqrt_numel", "numel"])
+def test_sensitivity_matches_direct_autograd(score_norm):
+    method, model = adapted("toy", score_norm=score_norm, init_warmup=5)
+    layers = method.layers(model)
+    # Independent computation: ΔW built by hand as a leaf, the toy's forward written out. E = 0 at
+    # init, so ΔW is the spare's 1e-5 term alone: the score sees the spare as the reference's does.
+    deltas = {}
+    for name, layer in layers.items():
+        a = torch.cat([layer.lora_A[0], layer.spare_A]).detach()
+        b = torch.cat([layer.lora_B[0], layer.spare_B], 1).detach()
+        e = torch.cat([layer.lora_E[0], layer.spare_E]).detach()
+        assert e.tolist() == [0.0, pytest.approx(1e-5)]
+        deltas[name] = (8 / 1 * b @ torch.diag(e) @ a).requires_grad_(True)  # α / r with r = 1
+    fc1, fc2 = layers["fc1"].base_layer, layers["fc2"].base_layer
+    total = 0
+    for micro in range(2):  # two micro-batches: G is their sum
+        x, y = toy_batch(1, micro)["x"], toy_batch(1, micro)["labels"]
+        h = torch.relu(F.linear(x, fc1.weight, fc1.bias) + F.linear(x, deltas["fc1"]))
+        total = total + F.cross_entropy(F.linear(h, fc2.weight, fc2.bias) + F.linear(h, deltas["fc2"]), y) / 2
+    grads = dict(zip(deltas, torch.autograd.grad(total, list(deltas.values())), strict=True))
+    expected = {}
+    for name, delta in deltas.items():
+        norm = math.sqrt(delta.numel()) if score_norm == "sqrt_numel" else delta.numel()
+        expected[name] = ((delta * grads[name]).abs().sum() / norm).item()
+
+    model.train()
+    for micro in range(2):
+        (model(**toy_batch(1, micro)).loss / 2).backward()
+    assert method.step(model, None, None, 1) is None  # t <= init_warmup: scores only
+    for name, layer in layers.items():
+        s = expected[name]
+        assert s > 0
+        assert float(layer.exp_avg_ipt) == pytest.approx(0.15 * s, rel=1e-5)
+        assert float(layer.exp_avg_unc) == pytest.approx(0.15 * abs(s - 0.15 * s), rel=1e-5)  # updated Ī
+        assert layer.score == pytest.approx(0.15 * s * 0.15 * 0.85 * s, rel=1e-4)
+        assert torch.count_nonzero(layer.grad_sum) == 0  # reset for the next optimizer step
+
+
+# ---------------------------------------------------------------------------------------------------
+# §7.4 gradients, spare behaviour
+# ---------------------------------------------------------------------------------------------------
+def test_only_adapter_spare_and_head_params_get_gradients():
+    method, model = adapted("deberta")
+    layers = method.layers(model)
+    expected = set()
+    for name, layer in layers.items():
+        for pname, _ in layer.named_parameters(prefix=name):
+            if not pname.startswith(name + ".base_layer.") and not pname.endswith("spare_E"):
+                expected.add(pname)
+    expected |= {n for n, _ in model.named_parameters() if ".trained_module." in n}
+    assert any(n.endswith("spare_A") for n in expected) and any("classifier" in n for n in expected)
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if n not in expected}
+    trainable = {n: p.detach().clone() for n, p in model.named_parameters() if n in expected}
+
+    model.train()
+    model(**deberta_batch(1)).loss.backward()
+    assert {n for n, p in model.named_parameters() if p.grad is not None} == expected
+    model.zero_grad(set_to_none=True)
+
+    optimizer, scheduler = make_optim(method, model, lr=5e-2, warmup=0)
+    train(method, model, optimizer, scheduler, steps=3, batch=deberta_batch)
+    params = dict(model.named_parameters())
+    assert all(torch.equal(params[n], v) for n, v in frozen.items())
+    unchanged = [n for n, v in trainable.items() if torch.equal(params[n], v)]
+    assert unchanged == []  # E = 0 at init: A and B move from step 2
+    assert all(torch.all(layer.spare_E == 1e-5) for layer in layers.values())
+
+
+def test_spare_trains_ahead_and_activates_with_its_optimizer_state():
+    method, model = adapted("toy", init_warmup=10, total_step=30)
+    optimizer, scheduler = make_optim(method, model, total=30)
+    layer = method.layers(model)["fc2"]
+    a, e, b = layer.spare_A, layer.spare_E, layer.spare_B
+    a0, b0 = a.detach().clone(), b.detach().clone()
+    train(method, model, optimizer, scheduler, steps=3)
+    assert not torch.equal(a, a0) and not torch.equal(b, b0)
+    assert torch.all(e == 1e-5) and e.grad is None and not e.requires_grad
+    exp_avg = optimizer.state[a]["exp_avg"].clone()
+
+    groups_before = len(optimizer.param_groups)
+    event = method.allocate(model, optimizer, scheduler, 4, {"fc1": 0.0, "fc2": 1.0})
+    assert event["grown"] == {"fc2": 1} and not event["growth_done"]  # R = 3 < R* = 4
+    assert layer.rank == 2 and layer.scaling == 8 / 2
+    assert layer.lora_A[1] is a and layer.lora_E[1] is e and layer.lora_B[1] is b  # identity kept
+    assert torch.equal(optimizer.state[a]["exp_avg"], exp_avg)  # optimizer state kept
+    assert e.requires_grad and torch.all(e == 1e-5)  # activation does not touch the value
+    fresh = layer.spare_parameters()
+    assert len(optimizer.param_groups) == groups_before + 1
+    assert [id(p) for p in optimizer.param_groups[-1]["params"]] == [id(p) for p in fresh]
+    assert torch.all(layer.spare_E == 1e-5) and not layer.spare_E.requires_grad
+    train(method, model, optimizer, scheduler, steps=2, start=5)
+    assert not torch.all(e == 1e-5)  # E trains once active
+
+
+def test_clipped_last_growth_splits_the_spare_and_moves_its_optimizer_rows():
+    # M = 2, r̄ = 8, k = 4: R goes 2 → 6 → 10 → 14 → 16, the last growth takes 2 of the 4 spare rows
+    method, model = adapted("toy", target_rank=8, top_h=1, init_warmup=30, incre_interval=1, total_step=40)
+    optimizer, scheduler = make_optim(method, model, total=40)
+    train(method, model, optimizer, scheduler, steps=2)
+    for t in (12, 14, 16):
+        method.allocate(model, optimizer, scheduler, t, {"fc1": 1.0, "fc2": 0.0})
+    layer = method.layers(model)["fc1"]
+    assert (layer.rank, sum(ranks(method, model).values())) == (13, 14)
+    train(method, model, optimizer, scheduler, steps=2, start=17)  # the latest spare gets Adam state
+    old_a, old_b = layer.spare_A, layer.spare_B
+    rows_a = optimizer.state[old_a]["exp_avg"][:2].clone()
+    cols_b = optimizer.state[old_b]["exp_avg_sq"][:, :2].clone()
+    group = next(g for g in optimizer.param_groups if any(p is old_a for p in g["params"]))
+    event = method.allocate(model, optimizer, scheduler, 20, {"fc1": 1.0, "fc2": 0.0})
+    assert event["grown"] == {"fc1": 2} and event["growth_done"] and event["total_rank"] == 16
+    assert layer.block_sizes() == [1, 4, 4, 4, 2] and layer.spare_size == 2
+    new_a, new_b = layer.lora_A[-1], layer.lora_B[-1]
+    assert any(p is new_a for p in group["params"]) and not any(p is old_a for p in group["params"])
+    assert torch.equal(optimizer.state[new_a]["exp_avg"], rows_a)
+    assert torch.equal(optimizer.state[new_b]["exp_avg_sq"], cols_b)
+    assert torch.all(layer.spare_E == 0) and not any(p.requires_grad for p in layer.spare_parameters())
+    train(method, model, optimizer, scheduler, steps=1, start=21)  # the split tensors train on
+
+
+# ---------------------------------------------------------------------------------------------------
+# §7.5 regulariser
+# ---------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("include_spare", [True, False])
+def test_regularizer_equals_independent_computation(include_spare):
+    method, model = adapted("toy", orth_include_spare=include_spare, orth_reg_weight=0.3)
+    train(method, model, *make_optim(method, model), steps=4)  # one growth: blocks [1, 1] in one module
+    config = common.get_info(model).config
+    batch = toy_batch(50)
+    model.train()
+    with torch.no_grad():
+        with_reg = model(**batch).loss
+        config.orth_reg_weight = 0.0
+        without = model(**batch).loss
+        config.orth_reg_weight = 0.3
+    terms = []
+    for layer in method.layers(model).values():
+        a_blocks, b_blocks = list(layer.lora_A), list(layer.lora_B)
+        if include_spare:
+            a_blocks.append(layer.spare_A)
+            b_blocks.append(layer.spare_B)
+        a, b = torch.cat(a_blocks, 0), torch.cat(b_blocks, 1)
+        terms.append(torch.linalg.norm(a @ a.T - torch.eye(a.shape[0]), "fro"))
+        terms.append(torch.linalg.norm(b.T @ b - torch.eye(b.shape[1]), "fro"))
+    assert max(layer.rank for layer in method.layers(model).values()) == 2
+    assert (with_reg - without).item() == pytest.approx(0.3 * sum(terms).item() / len(terms), abs=1e-6)
+    with pytest.raises(ValueError, match="no loss"):
+        model(**no_labels(batch))
+    # After growth the frozen spare (E = 0) no longer counts: the penalty is over active factors only.
+    method.allocate(model, None, None, 6, {"fc1": 1.0, "fc2": 0.0})
+    assert not method.growing(model)
+    active = 0
+    for layer in method.layers(model).values():
+        a, b = torch.cat(list(layer.lora_A)), torch.cat(list(layer.lora_B), 1)
+        active = active + torch.linalg.norm(a @ a.T - torch.eye(a.shape[0])) + torch.linalg.norm(
+            b.T @ b - torch.eye(b.shape[1]))
+    assert method.regularizer(model).item() == pytest.approx(0.3 * active.item() / 4, abs=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------------
+# §7.6 merge, §7.7 disable
+# ---------------------------------------------------------------------------------------------------
+def test_merge_unmerge_and_unload_mid_growth():
+    method, model = adapted("deberta")
+    train(method, model, *make_optim(method, model, lr=5e-2), steps=4, batch=deberta_batch)
+    assert method.growing(model)  # spares still live: merge must carry their 1e-5 term too
+    batch = deberta_batch(77)
+    base = logits(deberta(), batch)
+    layers = method.layers(model)
+    w0 = {name: layer.base_layer.weight.detach().clone() for name, layer in layers.items()}
+    unmerged = logits(model, batch)
+    assert (unmerged - base).abs().max() > 1e-3
+
+    method.merge(model)
+    merged = logits(model, batch)
+    assert torch.allclose(merged, unmerged, atol=1e-4)
+    with pytest.warns(UserWarning, match="already merged"):
+        method.merge(model)
+    assert torch.allclose(logits(model, batch), merged, atol=0)
+    with pytest.raises(RuntimeError, match="merged"):
+        method.step(model, None, None, 8)
+    with method.disable_adapter(model):
+        assert torch.allclose(logits(model, batch), base, atol=1e-5)
+    assert torch.allclose(logits(model, batch), merged, atol=1e-6)
+
+    method.unmerge(model)
+    assert all(torch.allclose(layer.base_layer.weight, w0[name], atol=1e-5) for name, layer in layers.items())
+    assert torch.allclose(logits(model, batch), unmerged, atol=1e-5)
+    unloaded = method.merge_and_unload(model)
+    assert not any(isinstance(m, (IncreLoRALinear, common.HeadWrapper)) for m in unloaded.modules())
+    assert torch.allclose(logits(unloaded, batch), unmerged, atol=1e-4)
+
+
+def test_disable_adapter_gives_the_base_model_after_growth():
+    method, model = adapted("deberta", top_h=12)  # every module grows at t=4: R = R*
+    train(method, model, *make_optim(method, model, lr=5e-2), steps=4, batch=deberta_batch)
+    assert not method.growing(model)
+    batch = deberta_batch(88)
+    base, trained = logits(deberta(), batch), logits(model, batch)
+    assert (trained - base).abs().max() > 1e-3
+    with method.disable_adapter(model):
+        assert torch.allclose(logits(model, batch), base, atol=1e-6)
+    assert torch.equal(logits(model, batch), trained)
+
+
+# ---------------------------------------------------------------------------------------------------
+# §7.8 save / load in a fresh process
+# ---------------------------------------------------------------------------------------------------
+LOAD_SCRIPT = textwrap.dedent(
+    """
+    import json, sys, torch
+    from omegaconf import OmegaConf
+    from safetensors.torch import save_file
+    from src.backbones import load_model
+    from src.methods import get_method
+    out = {}
+    budgets = {}
+    for tag, directory in json.loads(sys.argv[1]).items():
+        base = load_model(OmegaConf.load(sys.argv[2]), "seq_cls", 2, 0)  # same base weights
+        torch.manual_seed(1234)  # a different seed for everything the adapter would initialise
+        method = get_method("increlora")
+        model = method.load(base, directory).eval()
+        batch = torch.load(sys.argv[3])
+        with torch.no_grad():
+            out[tag] = model(**batch).logits.contiguous()
+        json.dump(sorted(model.state_dict()), open(directory + "/keys.json", "w"))
+        budgets[tag] = {**method.budget(model), "growing": method.growing(model)}
+    save_file(out, sys.argv[4])
+    json.dump(budgets, open(sys.argv[4] + ".json", "w"))
+    """
+)
+
+
+def test_save_load_in_a_fresh_process(tmp_path):
+    from safetensors.torch import load_file
+
+    batch = no_labels(deberta_batch(66))
+    torch.save(batch, tmp_path / "batch.pt")
+    dirs, expected, keys = {}, {}, {}
+    method, at_init = adapted("deberta")
+    method.save(at_init, str(tmp_path / "init"))
+    dirs["init"], expected["init"], keys["init"] = str(tmp_path / "init"), logits(at_init, batch), at_init
+    for tag, top_h in (("mid", 3), ("done", 12)):  # one event at t=4: R = 15 of 24, or R = R*
+        method, model = adapted("deberta", seed=0, top_h=top_h)
+        train(method, model, *make_optim(method, model, lr=5e-2), steps=4, batch=deberta_batch)
+        assert method.growing(model) == (tag == "mid")
+        method.save(model, str(tmp_path / tag))
+        dirs[tag], expected[tag], keys[tag] = str(tmp_path / tag), logits(model, batch), model
+    meta = json.load(open(tmp_path / "done" / common.CONFIG_FILE))
+    assert meta["method"] == "increlora" and meta["growth_done"] is True
+    assert sum(sum(blocks) for blocks in meta["rank_pattern"].values()) == 24
+    assert meta["spare_pattern"] and meta["config"]["target_rank"] == 2
+
+    result = subprocess.run(
+        [sys.executable, "-c", LOAD_SCRIPT, json.dumps(dirs), TINY, str(tmp_path / "batch.pt"),
+         str(tmp_path / "out.safetensors")],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    loaded = load_file(str(tmp_path / "out.safetensors"))
+    assert torch.allclose(loaded["init"], expected["init"], atol=1e-5)
+    for tag in ("mid", "done"):
+        assert torch.allclose(loaded[tag], expected[tag], atol=1e-4)
+        assert not torch.allclose(expected[tag], expected["init"], atol=1e-3)  # the adapter did change
+    budgets = json.load(open(str(tmp_path / "out.safetensors") + ".json"))
+    for tag, model in keys.items():
+        assert json.load(open(os.path.join(dirs[tag], "keys.json"))) == sorted(model.state_dict())
+        # spares trainable mid-growth, frozen after; the growth phase (capture, events) as saved
+        assert budgets[tag] == {**method.budget(model), "growing": method.growing(model)}
+
+
+def test_load_rejects_corrupted_patterns(tmp_path):
+    method, model = adapted("toy")
+    train(method, model, *make_optim(method, model), steps=4)
+    method.save(model, str(tmp_path))
+    path = tmp_path / common.CONFIG_FILE
+    good = json.loads(path.read_text())
+    assert method.load(ToyMLP(), str(tmp_path)) is not None
+
+    bad = json.loads(path.read_text())
+    bad["rank_pattern"]["fc1"] = bad["rank_pattern"]["fc1"] + [1]
+    path.write_text(json.dumps(bad))
+    with pytest.raises(ValueError, match="missing|shape"):
+        method.load(ToyMLP(), str(tmp_path))
+    bad = dict(good, spare_pattern={"fc1": 1})
+    path.write_text(json.dumps(bad))
+    with pytest.raises(ValueError, match="spare_pattern"):
+        method.load(ToyMLP(), str(tmp_path))
+    bad = dict(good, spare_pattern={"fc1": 3, "fc2": 1})
+    path.write_text(json.dumps(bad))
+    with pytest.raises(ValueError, match="shape"):
+        method.load(ToyMLP(), str(tmp_path))
+
+
+# ---------------------------------------------------------------------------------------------------
+# §7.9 schedule (scores injected; no forward needed: the allocator only reads them)
+# ---------------------------------------------------------------------------------------------------
+def run_schedule(method, model, total, scores, optimizer=None, scheduler=None):
+    """Drive ``step`` for t = 1..T with injected scores; returns {t: event} and R after every step."""
+    method.importance = lambda m: scores
+    events, totals = {}, []
+    for t in range(1, total + 1):
+        event = method.step(model, optimizer, scheduler, t)
+        if event is not None:
+            events[t] = event
+        totals.append(sum(ranks(method, model).values()))
+    return events, totals
+
+
+def test_schedule_event_steps_selection_ties_and_budget():
+    # M = 12, R0 = 12, R* = 24, k = 1, top_h = 5 → events add 5, 5, 2: at t = 4, 6, 8 (T_w = 3, ν = 2)
+    method, model = adapted("deberta", top_h=5, init_warmup=3, incre_interval=2, total_step=20)
+    names = list(method.layers(model))
+    tied = [0.5, 1.0, 0.2, 1.0, 0.7, 1.0, 0.7, 0.0, 0.1, 0.7, 0.3, 0.2]  # ties broken by module order
+    optimizer, scheduler = make_optim(method, model)
+    events, totals = run_schedule(method, model, 20, dict(zip(names, tied, strict=True)), optimizer, scheduler)
+    assert sorted(events) == [4, 6, 8]
+    top = [names[i] for i in (1, 3, 5, 4, 6)]
+    assert list(events[4]["grown"]) == top and list(events[6]["grown"]) == top
+    assert events[8]["grown"] == {names[1]: 1, names[3]: 1} and events[8]["growth_done"]
+    assert max(totals) == totals[-1] == 24 and all(r <= 24 for r in totals)
+    budget = method.budget(model)
+    assert budget["total_rank"] == sum(budget["rank_pattern"].values()) == budget["target_total_rank"] == 24
+    assert budget["trainable_adapter"] + budget["trainable_spare"] + budget["trainable_heads"] == (
+        budget["trainable_total"]
+    )
+    assert len(optimizer.param_groups) == 2 + 2  # events at t=4 and t=6 added spares; t=8 ended growth
+
+
+def test_schedule_no_event_after_budget_and_clip_to_budget():
+    # M = 2, r̄ = 8, k = 4, top_h = 2: clipped: 2 → 10 → 16 (4 + 2); unclipped: 2 → 10 → 18
+    method, model = adapted("toy", target_rank=8, top_h=2, init_warmup=0, incre_interval=3, total_step=15)
+    events, totals = run_schedule(method, model, 15, {"fc1": 1.0, "fc2": 2.0})
+    assert sorted(events) == [3, 6] and events[6]["grown"] == {"fc2": 4, "fc1": 2}
+    assert totals[-1] == 16 and all(r <= 16 for r in totals)
+    method, model = adapted("toy", target_rank=8, top_h=2, init_warmup=0, incre_interval=3, total_step=15,
+                            clip_to_budget=False)
+    events, totals = run_schedule(method, model, 15, {"fc1": 1.0, "fc2": 2.0})
+    assert sorted(events) == [3, 6] and totals[-1] == 18  # reference behaviour: overshoots R*
+
+
+def test_advance_learning_off_creates_triplets_at_selection():
+    method, model = adapted("toy", advance_learning=False, target_rank=4, top_h=1, init_warmup=0,
+                            incre_interval=1, total_step=10)
+    optimizer, scheduler = make_optim(method, model, total=10)
+    assert all(layer.spare_size == 0 for layer in method.layers(model).values())
+    events, _ = run_schedule(method, model, 10, {"fc1": 1.0, "fc2": 0.0}, optimizer, scheduler)
+    layer = method.layers(model)["fc1"]
+    assert layer.block_sizes() == [1, 2, 2, 2] and sorted(events) == [1, 2, 3]
+    assert torch.all(layer.lora_E[-1] == 0) and layer.lora_E[-1].requires_grad
+    new_group = optimizer.param_groups[-1]
+    assert [id(p) for p in new_group["params"]] == [id(p) for p in (layer.lora_A[-1], layer.lora_E[-1],
+                                                                     layer.lora_B[-1])]
+
+
+def test_same_seed_gives_identical_growth_and_outputs():
+    def run():
+        method, model = adapted("toy", seed=3, target_rank=4, top_h=1, init_warmup=2, incre_interval=2,
+                                total_step=12)
+        train(method, model, *make_optim(method, model, total=12), steps=12)
+        return ranks(method, model), logits(model, toy_batch(5))
+
+    (pattern_a, out_a), (pattern_b, out_b) = run(), run()
+    assert pattern_a == pattern_b and sum(pattern_a.values()) == 8
+    assert torch.equal(out_a, out_b)
+
+
+# ---------------------------------------------------------------------------------------------------
+# §7.10 optimizer and scheduler integration
+# ---------------------------------------------------------------------------------------------------
+def lr_trace(new_params_lr, total=20, warmup=3):
+    """Toy, R0 = 2, R* = 4, top_h = 1, fc2 always first: fc2 grows at t=4 (a fresh spare is born in a
+    new group) and at t=6 (that spare activates; growth ends)."""
+    method, model = adapted("toy", new_params_lr=new_params_lr, target_rank=2, top_h=1, init_warmup=3,
+                            incre_interval=2, total_step=total, warmup_steps=warmup)
+    method.importance = lambda m: {"fc1": 0.0, "fc2": 1.0}
+    optimizer, scheduler = make_optim(method, model, lr=1e-2, warmup=warmup, total=total)
+    trace = []  # LR of every group for the next optimizer step
+    snapshots = {}
+
+    def record(t):
+        trace.append(list(scheduler.get_last_lr()))
+        assert len(scheduler.get_last_lr()) == len(optimizer.param_groups)
+        if len(optimizer.param_groups) == 3 and "new" not in snapshots:
+            snapshots["new"] = [p.detach().clone() for p in optimizer.param_groups[2]["params"]]
+            snapshots["params"] = optimizer.param_groups[2]["params"]
+            snapshots["t"] = t
+
+    events = train(method, model, optimizer, scheduler, steps=total, on_step=record)
+    return method, model, optimizer, trace, snapshots, events
+
+
+@pytest.mark.parametrize("mode", ["restart_warmup", "follow", "static"])
+def test_new_group_lr_per_mode(mode):
+    method, model, optimizer, trace, snap, events = lr_trace(mode)
+    assert [e["step"] for e in events] == [4, 6]  # fc2 at t=4 (fresh spare born), fc2 again at t=6 (done)
+    assert snap["t"] == 4 and len(optimizer.param_groups) == 3
+    decay, new = optimizer.param_groups[0], optimizer.param_groups[2]
+    for key in ("weight_decay", "betas", "eps", "initial_lr"):
+        assert new[key] == decay[key]
+    spare_ids = {id(p) for p in snap["params"]}
+    assert spare_ids == {id(p) for p in method.layers(model)["fc2"].lora_A[-1:]} | {
+        id(method.layers(model)["fc2"].lora_B[-1]), id(method.layers(model)["fc2"].lora_E[-1])}
+    after_birth = [row[2] for row in trace[3:]]  # LRs used by steps 5 .. T, then the value at T
+    global_lr = [row[0] for row in trace[3:]]
+    if mode == "restart_warmup":
+        assert after_birth[0] == 0.0 and all(lr > 0 for lr in after_birth[1:-1])
+        assert after_birth[3] == pytest.approx(1e-2)  # its own 3-step warmup peaks at t0 + W
+    elif mode == "follow":
+        assert after_birth == pytest.approx(global_lr)
+    else:
+        assert all(lr == pytest.approx(1e-2) for lr in after_birth)
+    if mode != "static":
+        assert all(lr == 0.0 for lr in trace[-1])  # everything scheduled reaches 0 at T
+    moved = [not torch.equal(p, p0) for p, p0 in zip(snap["params"], snap["new"], strict=True)]
+    assert all(moved)  # a, b trained as a spare; E once activated at t=6
+
+
+# ---------------------------------------------------------------------------------------------------
+# §1.5 budget
+# ---------------------------------------------------------------------------------------------------
+def test_budget_in_training_and_at_the_end():
+    method, model = adapted("deberta")
+    layers = method.layers(model)
+    heads = sum(p.numel() for n, p in model.named_parameters() if ".trained_module." in n)
+    dims = {name: layer.in_features + layer.out_features for name, layer in layers.items()}
+    start = method.budget(model)
+    assert start["trainable_spare"] == sum(1 * d for d in dims.values())  # k = 1 spare per module
+    assert start["trainable_adapter"] == start["effective_adapter"] == sum(d + 1 for d in dims.values())
+    assert start["trainable_heads"] == heads
+    assert start["trainable_total"] == sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert start["trainable_total"] == start["trainable_adapter"] + start["trainable_spare"] + heads
+    run_schedule(method, model, 10, {name: float(i % 3) for i, name in enumerate(layers)})
+    end = method.budget(model)
+    assert end["total_rank"] == 24 and end["trainable_spare"] == 0
+    assert end["effective_adapter"] == sum(r * (dims[n] + 1) for n, r in end["rank_pattern"].items())
+    assert end["trainable_adapter"] == end["effective_adapter"]
+    assert end["trainable_total"] == end["trainable_adapter"] + heads
+
+
+def test_no_growth_when_target_rank_equals_init_rank():
+    method, model = adapted("toy", target_rank=1, incre_rank_num=1)
+    assert not method.growing(model) and all(layer.spare_size == 0 for layer in method.layers(model).values())
+    events, totals = run_schedule(method, model, 20, {"fc1": 1.0, "fc2": 0.0})
+    assert events == {} and set(totals) == {2}
+    assert method.budget(model)["trainable_spare"] == 0
