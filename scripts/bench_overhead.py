@@ -232,6 +232,7 @@ def main() -> None:
     )
     parser.add_argument("--out", default=str(ROOT / "results" / "bench"))
     parser.add_argument("--tag", default="", help="suffix for the output files, e.g. _h100")
+    parser.add_argument("--git-sha", default=None, help="record this SHA when the checkout has no .git (device copies)")
     args = parser.parse_args()
     rows = run_all(args)
     meta = {
@@ -239,7 +240,7 @@ def main() -> None:
         "device": args.device,
         "device_name": torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {os.cpu_count()} cores, {platform.processor() or platform.machine()}",
         "command": "python " + " ".join(sys.argv),
-        "versions": package_versions(), "git": git_state(ROOT),
+        "versions": package_versions(), "git": {"sha": args.git_sha, "dirty": None} if args.git_sha else git_state(ROOT),
         "weights": "random" if args.random_weights else "pretrained",
     }  # fmt: skip
     out = Path(args.out)
