@@ -52,7 +52,17 @@ def method_overrides(name: str, r: int, n_modules: int) -> dict:
     }[name]
 
 
-def build(name: str, r: int, args):
+def parse_variant(spec: str) -> tuple[str, dict]:
+    """``triadapt:orth_reg_weight=0`` -> ("triadapt", {"orth_reg_weight": 0.0}): a method with extra fields."""
+    import yaml
+
+    name, _, extra = spec.partition(":")
+    fields = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in extra.split(",") if kv)}
+    return name, fields
+
+
+def build(spec: str, r: int, args):
+    name, extra = parse_variant(spec)
     from omegaconf import OmegaConf
 
     backbone = OmegaConf.load(ROOT / "configs" / "backbone" / "minilm-l6.yaml")
@@ -71,15 +81,17 @@ def build(name: str, r: int, args):
 
     n_modules = len(find_targets(model, fields["target_modules"], HEADS))
     fields.update(method_overrides(name, r, n_modules))
+    fields.update(extra)
     config = method.make_config(fields, total_step=TOTAL_STEP, warmup_steps=0)
     return method, method.apply(model, config).to(args.device)
 
 
-def measure(name: str, r: int, args) -> dict:
+def measure(spec: str, r: int, args) -> dict:
+    name = parse_variant(spec)[0]
     dev = torch.device(args.device)
     torch.manual_seed(0)
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    method, model = build(name, r, args)
+    method, model = build(spec, r, args)
     model.train()
     opt = torch.optim.AdamW(method.param_groups(model, 1e-4, 0.01), lr=1e-4)
     sched = GroupLambdaLR(opt, linear_warmup_decay(0, TOTAL_STEP))
@@ -139,7 +151,7 @@ def measure(name: str, r: int, args) -> dict:
         else (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024
     )
     return {
-        "method": name,
+        "method": spec,
         "median_step_s": statistics.median(times),
         "p10_step_s": sorted(times)[len(times) // 10],
         "p90_step_s": sorted(times)[(9 * len(times)) // 10],
@@ -167,7 +179,7 @@ def _child(name, r, args, queue):
 
 
 def run_all(args) -> list[dict]:
-    names = [m for m in ("lora", "adalora", "increlora", "triadapt") if m in METHODS and m in args.methods]
+    names = [m for m in args.methods if parse_variant(m)[0] in METHODS]
     rows = []
     for name in names:
         print(f"measuring {name} ...", flush=True)
@@ -226,13 +238,20 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0)
-    parser.add_argument("--methods", nargs="+", default=["lora", "adalora", "increlora", "triadapt"])
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=["lora", "adalora", "increlora", "triadapt", "triadapt:orth_reg_weight=0"],
+        help="methods, optionally with extra fields: name:key=value,...",
+    )
     parser.add_argument(
         "--random-weights", action="store_true", help="MiniLM architecture with random weights"
     )
     parser.add_argument("--out", default=str(ROOT / "results" / "bench"))
     parser.add_argument("--tag", default="", help="suffix for the output files, e.g. _h100")
-    parser.add_argument("--git-sha", default=None, help="record this SHA when the checkout has no .git (device copies)")
+    parser.add_argument(
+        "--git-sha", default=None, help="record this SHA when the checkout has no .git (device copies)"
+    )
     args = parser.parse_args()
     rows = run_all(args)
     meta = {

@@ -881,13 +881,9 @@ def test_injection_checks_budget_and_warns_on_unreachable_schedule():
 
 
 def test_yaml_composes_into_the_dataclass():
-    node = OmegaConf.create(
-        {
-            "backbone": OmegaConf.load(TINY),
-            "task": {"head": "seq_cls"},
-            "method": OmegaConf.load(os.path.join(ROOT, "configs", "method", "triadapt.yaml")),
-        }
-    )
+    from tests.conftest import compose_config
+
+    node = compose_config("method=triadapt", "backbone=tiny-deberta", "budget=r8", "paths.output_dir=unused")
     fields = OmegaConf.to_container(node.method, resolve=True)
     assert fields["name"] == "triadapt" and fields["total_step"] is None
     config = get_method("triadapt").make_config(fields, total_step=500)

@@ -11,6 +11,7 @@ where we differ is an option, listed in the spec's decision table (D1–D12).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import warnings
 
@@ -186,26 +187,60 @@ class TriAdaptLinear(common.AdapterLinear):
         for k in blocks[len(current) :]:
             self.grow(k)
 
+    def _strip_index(self, device: torch.device) -> torch.Tensor:
+        """Flat positions in T (row-major, r × r) of every strip entry, in ``_strip_values`` order.
+
+        Rebuilt only when the block structure or device changes (i.e. after growth), so assembling T
+        costs one concatenation and one ``index_add`` per forward instead of 2·blocks pads and cats.
+        """
+        key = (tuple(self._blocks), device)
+        if getattr(self, "_index_key", None) != key:
+            r, pos = self.rank, torch.arange(self.rank)
+            ends = list(itertools.accumulate(self._blocks))
+            bounds = list(zip([0, *ends[:-1]], ends, strict=True))
+            rows = [(pos[a:b, None] * r + pos[None, :b]).reshape(-1) for a, b in bounds]  # L_j: k_j × s_j
+            cols = [(pos[:b, None] * r + pos[None, a:b]).reshape(-1) for a, b in bounds]  # U_j: s_j × k_j
+            self._index = torch.cat(rows + cols).to(device)
+            self._index_key = key
+        return self._index
+
+    def _strip_values(self) -> torch.Tensor:
+        return torch.cat([p.reshape(-1) for p in (*self.L, *self.U)])
+
     def transform(self) -> torch.Tensor:
-        """T = L + U (r × r), assembled from the strips by zero-padding (autograd-safe)."""
+        """T = L + U (r × r), assembled from the strips by a precomputed scatter (autograd-safe).
+
+        Diagonal blocks receive one entry from L and one from U; ``index_add`` sums them.
+        """
         r = self.rank
-        L = torch.cat([F.pad(strip, (0, r - strip.shape[1])) for strip in self.L], dim=0)
-        U = torch.cat([F.pad(strip, (0, 0, 0, r - strip.shape[0])) for strip in self.U], dim=1)
-        return L + U
+        values = self._strip_values()
+        flat = values.new_zeros(r * r).index_add(0, self._strip_index(values.device), values)
+        return flat.view(r, r)
 
     def factor_A(self) -> torch.Tensor:
-        return torch.cat(list(self.A), dim=0)
+        return self.A[0] if len(self.A) == 1 else torch.cat(list(self.A), dim=0)
 
     def factor_B(self) -> torch.Tensor:
-        return torch.cat(list(self.B), dim=1)
+        return self.B[0] if len(self.B) == 1 else torch.cat(list(self.B), dim=1)
+
+    def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(A, B) of the current forward when one just ran in training, else freshly concatenated.
+
+        The regulariser runs right after the model's forward; reusing the forward's concatenations
+        (popped, so never stale) saves two copies per module per step.
+        """
+        cached = self.__dict__.pop("_forward_factors", None)
+        return cached if cached is not None else (self.factor_A(), self.factor_B())
 
     def adapter_forward(self, x: torch.Tensor) -> torch.Tensor:
         # factored (D11): O(n·r·(d_in + d_out + r)); the d_out × d_in update is never built here.
         # A is fp32 unless the whole model was cast after injection; follow it rather than fail.
-        A = self.factor_A()
+        A, B = self.factor_A(), self.factor_B()
+        if self.training and torch.is_grad_enabled():
+            self.__dict__["_forward_factors"] = (A, B)
         h = F.linear(self.dropout(x.to(A.dtype)), A)
         h = F.linear(h, self.transform())
-        return F.linear(h, self.factor_B()) * self.scale
+        return F.linear(h, B) * self.scale
 
     def delta_weight(self) -> torch.Tensor:
         return self.scale * (self.factor_B() @ self.transform() @ self.factor_A()).float()
@@ -377,7 +412,7 @@ class TriAdaptLoRA(common.GrowingAdapterMethod):
         if config.orth_reg_weight == 0:
             return None
         layers = list(common.adapter_layers(model).values())
-        total = sum(common.orth_penalty(layer.factor_A(), layer.factor_B()) for layer in layers)
+        total = sum(common.orth_penalty(*layer.factors()) for layer in layers)
         denom = 2 * len(layers) if config.orth_reduction == "per_factor" else len(layers)
         return config.orth_reg_weight * total / denom
 
