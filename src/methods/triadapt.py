@@ -254,10 +254,13 @@ class TriAdaptLinear(common.AdapterLinear):
         return total
 
     @torch.no_grad()
-    def norm(self, divisor: str) -> float:
-        """N_i = ‖L + U‖_F / r_i (or / number of blocks), fp32 (spec §5.5)."""
-        value = torch.linalg.norm(self.transform().float()).item()
+    def norm_tensor(self, divisor: str) -> torch.Tensor:
+        """N_i = ‖L + U‖_F / r_i (or / number of blocks), fp32, as a 0-d tensor on the layer's device."""
+        value = torch.linalg.norm(self.transform().float())
         return value / (self.rank if divisor == "rank" else len(self._blocks))
+
+    def norm(self, divisor: str) -> float:
+        return self.norm_tensor(divisor).item()
 
     def extra_repr(self) -> str:
         return f"blocks={self._blocks}, scale={self.scale:.4g}, init={self.init}"
@@ -420,9 +423,11 @@ class TriAdaptLoRA(common.GrowingAdapterMethod):
         """S_i per module in module order (spec §5.5); updates N_prev for every module."""
         info = common.get_info(model)
         config, prev = info.config, info.state["norm_prev"]
+        layers = common.adapter_layers(model)
+        # one device sync for all modules instead of one per module (.item() each)
+        norms = torch.stack([layer.norm_tensor(config.norm_divisor) for layer in layers.values()]).tolist()
         scores = []
-        for name, layer in common.adapter_layers(model).items():
-            current = layer.norm(config.norm_divisor)
+        for name, current in zip(layers, norms, strict=True):
             scores.append(current - prev[name] if config.score == "increment" else current)
             prev[name] = current
         return scores
