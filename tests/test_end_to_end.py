@@ -37,13 +37,18 @@ def records(root: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted((root / "results" / "runs").glob("*.json"))]
 
 
-@pytest.mark.parametrize("method", ["lora", "adalora"])
+GROWTH = ["budget=r2", "method.init_warmup=2", "method.incre_interval=2"]  # R* reachable in 8 steps
+METHOD_OVERRIDES = {"lora": [], "adalora": [], "increlora": [*GROWTH, "method.top_h=6"], "triadapt": GROWTH}
+
+
+@pytest.mark.parametrize("method", METHOD_OVERRIDES)
 def test_tiny_deberta_on_real_rte_writes_a_complete_record(cfg_factory, shared_data, tmp_path, method):
     cfg = cfg_factory(
         "backbone=tiny-deberta",
         "task=rte",
         f"task.data_dir={shared_data}/glue/rte",
         f"method={method}",
+        *METHOD_OVERRIDES[method],
         "trainer.max_steps=8",
         "trainer.eval_steps=4",
         "trainer.per_device_train_batch_size=8",
@@ -61,6 +66,9 @@ def test_tiny_deberta_on_real_rte_writes_a_complete_record(cfg_factory, shared_d
     budget = on_disk["budget"]
     assert budget["initial"]["trainable_total"] > budget["initial"]["effective_adapter"] > 0
     assert on_disk["rank_patterns"]["history"][0]["step"] == 0
+    if method != "lora":  # adaptive: the record shows the rank pattern changing during training
+        assert on_disk["events"] and len(on_disk["budget"]["history"]) > 1
+        assert on_disk["budget"]["final"]["total_rank"] == on_disk["budget"]["final"]["target_total_rank"]
     assert len(on_disk["rank_patterns"]["modules"]) == 12
     assert on_disk["wall_time_s"] > 0 and on_disk["train_examples_per_s"] > 0
     assert list((tmp_path / "out" / "wandb").glob("offline-run-*")), "W&B offline run directory missing"
