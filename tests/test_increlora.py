@@ -49,14 +49,30 @@ class ToyMLP(nn.Module):
 
 
 def toy_config(**kw) -> IncreLoRAConfig:
-    base = dict(target_rank=2, top_h=1, init_warmup=2, incre_interval=2, total_step=20, warmup_steps=2,
-                lora_alpha=8, target_modules=["fc1", "fc2"])
+    base = dict(
+        target_rank=2,
+        top_h=1,
+        init_warmup=2,
+        incre_interval=2,
+        total_step=20,
+        warmup_steps=2,
+        lora_alpha=8,
+        target_modules=["fc1", "fc2"],
+    )
     return IncreLoRAConfig(**{**base, **kw})
 
 
 def deberta_config(**kw) -> IncreLoRAConfig:
-    base = dict(target_rank=2, top_h=3, init_warmup=2, incre_interval=2, total_step=12, warmup_steps=2,
-                target_modules=list(BACKBONE.target_modules), modules_to_save=list(BACKBONE.heads.seq_cls))
+    base = dict(
+        target_rank=2,
+        top_h=3,
+        init_warmup=2,
+        incre_interval=2,
+        total_step=12,
+        warmup_steps=2,
+        target_modules=list(BACKBONE.target_modules),
+        modules_to_save=list(BACKBONE.heads.seq_cls),
+    )
     return IncreLoRAConfig(**{**base, **kw})
 
 
@@ -72,7 +88,11 @@ def toy_batch(step: int, micro: int = 0):
 def deberta_batch(step: int, micro: int = 0):
     g = torch.Generator().manual_seed(1000 * step + micro)
     ids = torch.randint(1, 1000, (4, 12), generator=g)
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": torch.randint(0, 2, (4,), generator=g)}
+    return {
+        "input_ids": ids,
+        "attention_mask": torch.ones_like(ids),
+        "labels": torch.randint(0, 2, (4,), generator=g),
+    }
 
 
 def no_labels(batch: dict) -> dict:
@@ -149,11 +169,19 @@ def test_config_rejects(kw, match):
         toy_config(**kw)
 
 
-@pytest.mark.parametrize(("overrides", "expected"), [
-    (["budget=r2"], {"target_rank": 2, "incre_rank_num": 1, "top_h": 12, "init_warmup": 50, "incre_interval": 10}),
-    (["budget=r8", "task=mnli", "backbone=deberta-v3-base"],  # paper numbers: MNLI r̄ 8 uses k = 1
-     {"target_rank": 8, "incre_rank_num": 1, "top_h": 18, "init_warmup": 1000, "incre_interval": 1000}),
-])
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        (
+            ["budget=r2"],
+            {"target_rank": 2, "incre_rank_num": 1, "top_h": 12, "init_warmup": 50, "incre_interval": 10},
+        ),
+        (
+            ["budget=r8", "task=mnli", "backbone=deberta-v3-base"],  # paper numbers: MNLI r̄ 8 uses k = 1
+            {"target_rank": 8, "incre_rank_num": 1, "top_h": 18, "init_warmup": 1000, "incre_interval": 1000},
+        ),
+    ],
+)
 def test_yaml_has_every_field_and_reads_budget_and_paper_numbers(overrides, expected):
     from tests.conftest import compose_config
 
@@ -165,23 +193,37 @@ def test_yaml_has_every_field_and_reads_budget_and_paper_numbers(overrides, expe
     for f in dataclasses.fields(IncreLoRAConfig):  # everything not taken from budget/paper: the default
         if f.default is not dataclasses.MISSING and f.name not in expected and overrides == ["budget=r2"]:
             assert fields[f.name] == f.default, f.name
-    config = IncreLoRA().make_config(OmegaConf.to_container(cfg.method, resolve=True), total_step=5000,
-                                     warmup_steps=30)
+    config = IncreLoRA().make_config(
+        OmegaConf.to_container(cfg.method, resolve=True), total_step=5000, warmup_steps=30
+    )
     assert (config.total_step, config.warmup_steps) == (5000, 30)
     assert config.target_modules == list(cfg.backbone.target_modules)
 
 
 def test_make_config_fills_runtime_fields_and_warns_when_budget_unreachable():
     config = IncreLoRA().make_config(
-        {"name": "increlora", "target_rank": 2, "top_h": 1, "init_warmup": 1, "incre_interval": 1,
-         "total_step": None, "warmup_steps": None, "target_modules": ["fc1", "fc2"]},
-        total_step=3, warmup_steps=1,
+        {
+            "name": "increlora",
+            "target_rank": 2,
+            "top_h": 1,
+            "init_warmup": 1,
+            "incre_interval": 1,
+            "total_step": None,
+            "warmup_steps": None,
+            "target_modules": ["fc1", "fc2"],
+        },
+        total_step=3,
+        warmup_steps=1,
     )
     assert (config.total_step, config.warmup_steps) == (3, 1)
     # R0 = 2, R* = 6; events at t = 2, 3 add one rank each: 2 < 4 needed
     with pytest.warns(UserWarning, match="at most 2 ranks"):
-        IncreLoRA().apply(ToyMLP(), toy_config(target_rank=3, incre_rank_num=1, top_h=1, total_step=3,
-                                               init_warmup=1, incre_interval=1))
+        IncreLoRA().apply(
+            ToyMLP(),
+            toy_config(
+                target_rank=3, incre_rank_num=1, top_h=1, total_step=3, init_warmup=1, incre_interval=1
+            ),
+        )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -368,8 +410,11 @@ def test_regularizer_equals_independent_computation(include_spare):
     active = 0
     for layer in method.layers(model).values():
         a, b = torch.cat(list(layer.lora_A)), torch.cat(list(layer.lora_B), 1)
-        active = active + torch.linalg.norm(a @ a.T - torch.eye(a.shape[0])) + torch.linalg.norm(
-            b.T @ b - torch.eye(b.shape[1]))
+        active = (
+            active
+            + torch.linalg.norm(a @ a.T - torch.eye(a.shape[0]))
+            + torch.linalg.norm(b.T @ b - torch.eye(b.shape[1]))
+        )
     assert method.regularizer(model).item() == pytest.approx(0.3 * active.item() / 4, abs=1e-6)
 
 
@@ -468,9 +513,19 @@ def test_save_load_in_a_fresh_process(tmp_path):
     assert meta["spare_pattern"] and meta["config"]["target_rank"] == 2
 
     result = subprocess.run(
-        [sys.executable, "-c", LOAD_SCRIPT, json.dumps(dirs), TINY, str(tmp_path / "batch.pt"),
-         str(tmp_path / "out.safetensors")],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-c",
+            LOAD_SCRIPT,
+            json.dumps(dirs),
+            TINY,
+            str(tmp_path / "batch.pt"),
+            str(tmp_path / "out.safetensors"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
         env={**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"},
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -530,7 +585,9 @@ def test_schedule_event_steps_selection_ties_and_budget():
     names = list(method.layers(model))
     tied = [0.5, 1.0, 0.2, 1.0, 0.7, 1.0, 0.7, 0.0, 0.1, 0.7, 0.3, 0.2]  # ties broken by module order
     optimizer, scheduler = make_optim(method, model)
-    events, totals = run_schedule(method, model, 20, dict(zip(names, tied, strict=True)), optimizer, scheduler)
+    events, totals = run_schedule(
+        method, model, 20, dict(zip(names, tied, strict=True)), optimizer, scheduler
+    )
     assert sorted(events) == [4, 6, 8]
     top = [names[i] for i in (1, 3, 5, 4, 6)]
     assert list(events[4]["grown"]) == top and list(events[6]["grown"]) == top
@@ -538,8 +595,9 @@ def test_schedule_event_steps_selection_ties_and_budget():
     assert max(totals) == totals[-1] == 24 and all(r <= 24 for r in totals)
     budget = method.budget(model)
     assert budget["total_rank"] == sum(budget["rank_pattern"].values()) == budget["target_total_rank"] == 24
-    assert budget["trainable_adapter"] + budget["trainable_spare"] + budget["trainable_heads"] == (
-        budget["trainable_total"]
+    assert (
+        budget["trainable_adapter"] + budget["trainable_spare"] + budget["trainable_heads"]
+        == (budget["trainable_total"])
     )
     assert len(optimizer.param_groups) == 2 + 2  # events at t=4 and t=6 added spares; t=8 ended growth
 
@@ -550,15 +608,17 @@ def test_schedule_no_event_after_budget_and_clip_to_budget():
     events, totals = run_schedule(method, model, 15, {"fc1": 1.0, "fc2": 2.0})
     assert sorted(events) == [3, 6] and events[6]["grown"] == {"fc2": 4, "fc1": 2}
     assert totals[-1] == 16 and all(r <= 16 for r in totals)
-    method, model = adapted("toy", target_rank=8, top_h=2, init_warmup=0, incre_interval=3, total_step=15,
-                            clip_to_budget=False)
+    method, model = adapted(
+        "toy", target_rank=8, top_h=2, init_warmup=0, incre_interval=3, total_step=15, clip_to_budget=False
+    )
     events, totals = run_schedule(method, model, 15, {"fc1": 1.0, "fc2": 2.0})
     assert sorted(events) == [3, 6] and totals[-1] == 18  # reference behaviour: overshoots R*
 
 
 def test_advance_learning_off_creates_triplets_at_selection():
-    method, model = adapted("toy", advance_learning=False, target_rank=4, top_h=1, init_warmup=0,
-                            incre_interval=1, total_step=10)
+    method, model = adapted(
+        "toy", advance_learning=False, target_rank=4, top_h=1, init_warmup=0, incre_interval=1, total_step=10
+    )
     optimizer, scheduler = make_optim(method, model, total=10)
     assert all(layer.spare_size == 0 for layer in method.layers(model).values())
     events, _ = run_schedule(method, model, 10, {"fc1": 1.0, "fc2": 0.0}, optimizer, scheduler)
@@ -566,14 +626,16 @@ def test_advance_learning_off_creates_triplets_at_selection():
     assert layer.block_sizes() == [1, 2, 2, 2] and sorted(events) == [1, 2, 3]
     assert torch.all(layer.lora_E[-1] == 0) and layer.lora_E[-1].requires_grad
     new_group = optimizer.param_groups[-1]
-    assert [id(p) for p in new_group["params"]] == [id(p) for p in (layer.lora_A[-1], layer.lora_E[-1],
-                                                                     layer.lora_B[-1])]
+    assert [id(p) for p in new_group["params"]] == [
+        id(p) for p in (layer.lora_A[-1], layer.lora_E[-1], layer.lora_B[-1])
+    ]
 
 
 def test_same_seed_gives_identical_growth_and_outputs():
     def run():
-        method, model = adapted("toy", seed=3, target_rank=4, top_h=1, init_warmup=2, incre_interval=2,
-                                total_step=12)
+        method, model = adapted(
+            "toy", seed=3, target_rank=4, top_h=1, init_warmup=2, incre_interval=2, total_step=12
+        )
         train(method, model, *make_optim(method, model, total=12), steps=12)
         return ranks(method, model), logits(model, toy_batch(5))
 
@@ -588,8 +650,16 @@ def test_same_seed_gives_identical_growth_and_outputs():
 def lr_trace(new_params_lr, total=20, warmup=3):
     """Toy, R0 = 2, R* = 4, top_h = 1, fc2 always first: fc2 grows at t=4 (a fresh spare is born in a
     new group) and at t=6 (that spare activates; growth ends)."""
-    method, model = adapted("toy", new_params_lr=new_params_lr, target_rank=2, top_h=1, init_warmup=3,
-                            incre_interval=2, total_step=total, warmup_steps=warmup)
+    method, model = adapted(
+        "toy",
+        new_params_lr=new_params_lr,
+        target_rank=2,
+        top_h=1,
+        init_warmup=3,
+        incre_interval=2,
+        total_step=total,
+        warmup_steps=warmup,
+    )
     method.importance = lambda m: {"fc1": 0.0, "fc2": 1.0}
     optimizer, scheduler = make_optim(method, model, lr=1e-2, warmup=warmup, total=total)
     trace = []  # LR of every group for the next optimizer step
@@ -617,7 +687,9 @@ def test_new_group_lr_per_mode(mode):
         assert new[key] == decay[key]
     spare_ids = {id(p) for p in snap["params"]}
     assert spare_ids == {id(p) for p in method.layers(model)["fc2"].lora_A[-1:]} | {
-        id(method.layers(model)["fc2"].lora_B[-1]), id(method.layers(model)["fc2"].lora_E[-1])}
+        id(method.layers(model)["fc2"].lora_B[-1]),
+        id(method.layers(model)["fc2"].lora_E[-1]),
+    }
     after_birth = [row[2] for row in trace[3:]]  # LRs used by steps 5 .. T, then the value at T
     global_lr = [row[0] for row in trace[3:]]
     if mode == "restart_warmup":

@@ -172,14 +172,16 @@ class IncreLoRALinear(common.AdapterLinear):
         if size == 0:
             self.spare_A = self.spare_E = self.spare_B = None
             return []
-        self.spare_A, self.spare_E, self.spare_B = self.new_triplets(size, self.spare_lambda, e_trainable=False)
+        self.spare_A, self.spare_E, self.spare_B = self.new_triplets(
+            size, self.spare_lambda, e_trainable=False
+        )
         return self.spare_parameters()
 
     def block_sizes(self) -> list[int]:
         return [a.shape[0] for a in self.lora_A]
 
     def restore_blocks(self, blocks: list[int]) -> None:
-        for size in blocks[len(self.lora_A):]:
+        for size in blocks[len(self.lora_A) :]:
             self.append_block(*self.new_triplets(size, e_value=0.0, e_trainable=True))
 
     @property
@@ -333,7 +335,11 @@ class IncreLoRA(common.GrowingAdapterMethod):
     # -- injection -------------------------------------------------------------------------------
     def apply(self, model: nn.Module, config: IncreLoRAConfig) -> nn.Module:
         model = common.prepare_model(
-            model, self.name, config, list(config.target_modules), list(config.modules_to_save),
+            model,
+            self.name,
+            config,
+            list(config.target_modules),
+            list(config.modules_to_save),
             make_layer=lambda name, linear: IncreLoRALinear(linear, config),
             regularizer=self.regularizer,
         )
@@ -435,8 +441,12 @@ class IncreLoRA(common.GrowingAdapterMethod):
             if new_params:
                 self._check_warmup(config, lr_scheduler)
                 common.add_param_group(
-                    optimizer, lr_scheduler, new_params, config.new_params_lr,
-                    birth_step=global_step, total_step=config.total_step,
+                    optimizer,
+                    lr_scheduler,
+                    new_params,
+                    config.new_params_lr,
+                    birth_step=global_step,
+                    total_step=config.total_step,
                     name=f"increlora@{global_step}",
                 )
         if done:
@@ -465,10 +475,14 @@ class IncreLoRA(common.GrowingAdapterMethod):
     # -- persistence (budget, merge and disable come from GrowingAdapterMethod) ------------------
     def save(self, model: nn.Module, directory: str) -> None:
         layers = self.layers(model)
-        common.save_adapter(model, directory, extra={
-            "spare_pattern": {name: layer.spare_size for name, layer in layers.items()},
-            "growth_done": not self.growing(model),
-        })
+        common.save_adapter(
+            model,
+            directory,
+            extra={
+                "spare_pattern": {name: layer.spare_size for name, layer in layers.items()},
+                "growth_done": not self.growing(model),
+            },
+        )
 
     def load(self, base_model: nn.Module, directory: str) -> nn.Module:
         """common.load_adapter plus the spares, whose shapes must be rebuilt before the strict load.
@@ -483,8 +497,10 @@ class IncreLoRA(common.GrowingAdapterMethod):
         layers = self.layers(model)
         common.check_rank_pattern(meta.get("rank_pattern"), layers)
         spares = meta.get("spare_pattern")
-        if not isinstance(spares, dict) or set(spares) != set(layers) or not all(
-            isinstance(v, int) and v >= 0 for v in spares.values()
+        if (
+            not isinstance(spares, dict)
+            or set(spares) != set(layers)
+            or not all(isinstance(v, int) and v >= 0 for v in spares.values())
         ):
             raise ValueError(f"corrupted spare_pattern in {directory!r}: {spares!r}")
         for name, layer in layers.items():
