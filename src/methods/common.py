@@ -526,6 +526,7 @@ def load_adapter(method, base_model: nn.Module, directory: str) -> nn.Module:
     check_rank_pattern(pattern, layers)
     for name, blocks in pattern.items():
         layers[name].restore_blocks(list(blocks))
+    method.restore_extra(model, meta, directory)  # e.g. IncreLoRA's spares: more shapes to rebuild
     load_adapter_state(model, load_file(os.path.join(directory, WEIGHTS_FILE)))
     return model
 
@@ -581,6 +582,9 @@ class GrowingAdapterMethod(AdapterMethod):
     """
 
     supports_distributed = False  # parameters born after DDP wrapping are not synchronised yet
+
+    def restore_extra(self, model: nn.Module, meta: dict, directory: str) -> None:
+        """Rebuild method-specific shapes from the saved config before the strict load (none here)."""
 
     def extra_logs(self, model: nn.Module) -> dict[str, float]:
         reg = get_info(model).last_regularizer  # spec §5.7: logged apart from the task loss

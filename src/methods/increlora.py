@@ -24,13 +24,11 @@ that take over the spare's optimizer slot and Adam moments (the reference has 1-
 from __future__ import annotations
 
 import math
-import os
 import warnings
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 from torch import nn
 
 from src.methods import common
@@ -484,18 +482,9 @@ class IncreLoRA(common.GrowingAdapterMethod):
             },
         )
 
-    def load(self, base_model: nn.Module, directory: str) -> nn.Module:
-        """common.load_adapter plus the spares, whose shapes must be rebuilt before the strict load.
-
-        common.load_adapter offers no step between injection and the state load, hence this copy of
-        its sequence (config, inject, check and restore the pattern, strict load).
-        """
-        meta = common.read_adapter_config(directory)
-        if meta.get("method") != self.name:
-            raise ValueError(f"{directory!r} holds a {meta.get('method')!r} adapter, not {self.name!r}")
-        model = self.apply(base_model, self.make_config(meta["config"]))
+    def restore_extra(self, model: nn.Module, meta: dict, directory: str) -> None:
+        """The spares' sizes and the end of growth, which the rank pattern alone does not say."""
         layers = self.layers(model)
-        common.check_rank_pattern(meta.get("rank_pattern"), layers)
         spares = meta.get("spare_pattern")
         if (
             not isinstance(spares, dict)
@@ -504,11 +493,8 @@ class IncreLoRA(common.GrowingAdapterMethod):
         ):
             raise ValueError(f"corrupted spare_pattern in {directory!r}: {spares!r}")
         for name, layer in layers.items():
-            layer.restore_blocks(list(meta["rank_pattern"][name]))
             if spares[name] != layer.spare_size:
                 layer.set_spare(spares[name])
         if meta.get("growth_done"):
             for layer in layers.values():
                 layer.end_growth()
-        common.load_adapter_state(model, load_file(os.path.join(directory, common.WEIGHTS_FILE)))
-        return model
