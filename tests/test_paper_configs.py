@@ -107,3 +107,32 @@ def test_without_a_task_backbone_file_the_defaults_apply():
     )
     assert "paper" in c and "paper" not in plain
     assert plain["trainer"]["learning_rate"] == 5e-4 and plain["method"]["tinit"] == 0
+
+
+@pytest.mark.parametrize("task,budget", list(INCRELORA))
+def test_increlora_composes_its_released_scripts(task, budget):
+    lr, ep, max_len, nu, top_h, alpha, drop, cls, wd, gamma, k = INCRELORA[(task, budget)]
+    c = composed("increlora", task, budget)
+    m, tr = c["method"], c["trainer"]
+    assert (tr["learning_rate"], tr["num_train_epochs"], tr["warmup"]) == (lr, ep, nu)
+    assert (m["init_warmup"], m["incre_interval"], m["top_h"], m["incre_rank_num"]) == (nu, nu, top_h, k)
+    assert (m["lora_alpha"], m["lora_dropout"], m["orth_reg_weight"]) == (alpha, drop, gamma)
+    assert m["target_rank"] == RANKS[budget][0] and m["init_rank"] == 1
+    assert shared_values(c) == (max_len, cls, wd)
+
+
+@pytest.mark.parametrize("task,budget", list(INCRELORA))
+def test_triadapt_follows_the_increlora_protocol_with_k_1(task, budget):
+    lr, ep, max_len, nu, _top_h, alpha, drop, cls, wd, gamma, _k = INCRELORA[(task, budget)]
+    c = composed("triadapt", task, budget)
+    m, tr = c["method"], c["trainer"]
+    assert (tr["learning_rate"], tr["num_train_epochs"], tr["warmup"]) == (lr, ep, nu)
+    assert (m["init_warmup"], m["incre_interval"], m["incre_rank_num"], m["schedule"]) == (
+        nu,
+        nu,
+        1,
+        "linear",
+    )
+    assert (m["lora_alpha"], m["lora_dropout"], m["orth_reg_weight"]) == (alpha, drop, gamma)
+    assert m["reference_rank"] == RANKS[budget][0] and m["init_rank"] == 1
+    assert shared_values(c) == (max_len, cls, wd)
