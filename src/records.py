@@ -43,6 +43,9 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
             json.dump(obj, f, indent=1, default=str)
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; records are for everyone to read
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
