@@ -6,8 +6,10 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
+from transformers.modeling_outputs import SequenceClassifierOutput
 
 for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
     os.environ.setdefault(var, "1")
@@ -45,3 +47,19 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def tiny_backbone():
     return OmegaConf.load(CONFIG_DIR / "backbone" / "tiny-deberta.yaml")
+
+
+class ToyMLP(torch.nn.Module):
+    """The spec's toy model (§7): Linear 10→20, ReLU, Linear 20→2, taking labels like an HF model."""
+
+    def __init__(self, seed: int = 0):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.lin0 = torch.nn.Linear(10, 20)
+        self.relu = torch.nn.ReLU()
+        self.lin1 = torch.nn.Linear(20, 2)
+
+    def forward(self, x, labels=None):
+        logits = self.lin1(self.relu(self.lin0(x)))
+        loss = torch.nn.functional.cross_entropy(logits, labels) if labels is not None else None
+        return SequenceClassifierOutput(loss=loss, logits=logits)

@@ -19,12 +19,12 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch import nn
-from transformers.modeling_outputs import SequenceClassifierOutput
 
 from src.backbones import load_model
 from src.methods import common, get_method
 from src.methods.increlora import IncreLoRA, IncreLoRAConfig, IncreLoRALinear
 from src.schedule import GroupLambdaLR, linear_warmup_decay
+from tests.conftest import ToyMLP
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "configs", "backbone", "tiny-deberta.yaml")
@@ -34,20 +34,6 @@ BACKBONE = OmegaConf.load(TINY)
 # ---------------------------------------------------------------------------------------------------
 # Models, configs, a training loop in HF order
 # ---------------------------------------------------------------------------------------------------
-class ToyMLP(nn.Module):
-    def __init__(self, seed: int = 0):
-        super().__init__()
-        torch.manual_seed(seed)
-        self.fc1 = nn.Linear(10, 20)
-        self.act = nn.ReLU()
-        self.fc2 = nn.Linear(20, 2)
-
-    def forward(self, x, labels=None):
-        logits = self.fc2(self.act(self.fc1(x)))
-        loss = F.cross_entropy(logits, labels) if labels is not None else None
-        return SequenceClassifierOutput(loss=loss, logits=logits)
-
-
 def toy_config(**kw) -> IncreLoRAConfig:
     base = dict(
         target_rank=2,
@@ -57,7 +43,7 @@ def toy_config(**kw) -> IncreLoRAConfig:
         total_step=20,
         warmup_steps=2,
         lora_alpha=8,
-        target_modules=["fc1", "fc2"],
+        target_modules=["lin0", "lin1"],
     )
     return IncreLoRAConfig(**{**base, **kw})
 
@@ -210,7 +196,7 @@ def test_make_config_fills_runtime_fields_and_warns_when_budget_unreachable():
             "incre_interval": 1,
             "total_step": None,
             "warmup_steps": None,
-            "target_modules": ["fc1", "fc2"],
+            "target_modules": ["lin0", "lin1"],
         },
         total_step=3,
         warmup_steps=1,
@@ -270,12 +256,14 @@ def test_sensitivity_matches_direct_autograd(score_norm):
         e = torch.cat([layer.lora_E[0], layer.spare_E]).detach()
         assert e.tolist() == [0.0, pytest.approx(1e-5)]
         deltas[name] = (8 / 1 * b @ torch.diag(e) @ a).requires_grad_(True)  # α / r with r = 1
-    fc1, fc2 = layers["fc1"].base_layer, layers["fc2"].base_layer
+    fc1, fc2 = layers["lin0"].base_layer, layers["lin1"].base_layer
     total = 0
     for micro in range(2):  # two micro-batches: G is their sum
         x, y = toy_batch(1, micro)["x"], toy_batch(1, micro)["labels"]
-        h = torch.relu(F.linear(x, fc1.weight, fc1.bias) + F.linear(x, deltas["fc1"]))
-        total = total + F.cross_entropy(F.linear(h, fc2.weight, fc2.bias) + F.linear(h, deltas["fc2"]), y) / 2
+        h = torch.relu(F.linear(x, fc1.weight, fc1.bias) + F.linear(x, deltas["lin0"]))
+        total = (
+            total + F.cross_entropy(F.linear(h, fc2.weight, fc2.bias) + F.linear(h, deltas["lin1"]), y) / 2
+        )
     grads = dict(zip(deltas, torch.autograd.grad(total, list(deltas.values())), strict=True))
     expected = {}
     for name, delta in deltas.items():
@@ -328,7 +316,7 @@ def test_only_adapter_spare_and_head_params_get_gradients():
 def test_spare_trains_ahead_and_activates_with_its_optimizer_state():
     method, model = adapted("toy", init_warmup=10, total_step=30)
     optimizer, scheduler = make_optim(method, model, total=30)
-    layer = method.layers(model)["fc2"]
+    layer = method.layers(model)["lin1"]
     a, e, b = layer.spare_A, layer.spare_E, layer.spare_B
     a0, b0 = a.detach().clone(), b.detach().clone()
     train(method, model, optimizer, scheduler, steps=3)
@@ -337,8 +325,8 @@ def test_spare_trains_ahead_and_activates_with_its_optimizer_state():
     exp_avg = optimizer.state[a]["exp_avg"].clone()
 
     groups_before = len(optimizer.param_groups)
-    event = method.allocate(model, optimizer, scheduler, 4, {"fc1": 0.0, "fc2": 1.0})
-    assert event["grown"] == {"fc2": 1} and not event["growth_done"]  # R = 3 < R* = 4
+    event = method.allocate(model, optimizer, scheduler, 4, {"lin0": 0.0, "lin1": 1.0})
+    assert event["grown"] == {"lin1": 1} and not event["growth_done"]  # R = 3 < R* = 4
     assert layer.rank == 2 and layer.scaling == 8 / 2
     assert layer.lora_A[1] is a and layer.lora_E[1] is e and layer.lora_B[1] is b  # identity kept
     assert torch.equal(optimizer.state[a]["exp_avg"], exp_avg)  # optimizer state kept
@@ -357,16 +345,16 @@ def test_clipped_last_growth_splits_the_spare_and_moves_its_optimizer_rows():
     optimizer, scheduler = make_optim(method, model, total=40)
     train(method, model, optimizer, scheduler, steps=2)
     for t in (12, 14, 16):
-        method.allocate(model, optimizer, scheduler, t, {"fc1": 1.0, "fc2": 0.0})
-    layer = method.layers(model)["fc1"]
+        method.allocate(model, optimizer, scheduler, t, {"lin0": 1.0, "lin1": 0.0})
+    layer = method.layers(model)["lin0"]
     assert (layer.rank, sum(ranks(method, model).values())) == (13, 14)
     train(method, model, optimizer, scheduler, steps=2, start=17)  # the latest spare gets Adam state
     old_a, old_b = layer.spare_A, layer.spare_B
     rows_a = optimizer.state[old_a]["exp_avg"][:2].clone()
     cols_b = optimizer.state[old_b]["exp_avg_sq"][:, :2].clone()
     group = next(g for g in optimizer.param_groups if any(p is old_a for p in g["params"]))
-    event = method.allocate(model, optimizer, scheduler, 20, {"fc1": 1.0, "fc2": 0.0})
-    assert event["grown"] == {"fc1": 2} and event["growth_done"] and event["total_rank"] == 16
+    event = method.allocate(model, optimizer, scheduler, 20, {"lin0": 1.0, "lin1": 0.0})
+    assert event["grown"] == {"lin0": 2} and event["growth_done"] and event["total_rank"] == 16
     assert layer.block_sizes() == [1, 4, 4, 4, 2] and layer.spare_size == 2
     new_a, new_b = layer.lora_A[-1], layer.lora_B[-1]
     assert any(p is new_a for p in group["params"]) and not any(p is old_a for p in group["params"])
@@ -405,7 +393,7 @@ def test_regularizer_equals_independent_computation(include_spare):
     with pytest.raises(ValueError, match="no loss"):
         model(**no_labels(batch))
     # After growth the frozen spare (E = 0) no longer counts: the penalty is over active factors only.
-    method.allocate(model, None, None, 6, {"fc1": 1.0, "fc2": 0.0})
+    method.allocate(model, None, None, 6, {"lin0": 1.0, "lin1": 0.0})
     assert not method.growing(model)
     active = 0
     for layer in method.layers(model).values():
@@ -550,15 +538,15 @@ def test_load_rejects_corrupted_patterns(tmp_path):
     assert method.load(ToyMLP(), str(tmp_path)) is not None
 
     bad = json.loads(path.read_text())
-    bad["rank_pattern"]["fc1"] = bad["rank_pattern"]["fc1"] + [1]
+    bad["rank_pattern"]["lin0"] = bad["rank_pattern"]["lin0"] + [1]
     path.write_text(json.dumps(bad))
     with pytest.raises(ValueError, match="missing|shape"):
         method.load(ToyMLP(), str(tmp_path))
-    bad = dict(good, spare_pattern={"fc1": 1})
+    bad = dict(good, spare_pattern={"lin0": 1})
     path.write_text(json.dumps(bad))
     with pytest.raises(ValueError, match="spare_pattern"):
         method.load(ToyMLP(), str(tmp_path))
-    bad = dict(good, spare_pattern={"fc1": 3, "fc2": 1})
+    bad = dict(good, spare_pattern={"lin0": 3, "lin1": 1})
     path.write_text(json.dumps(bad))
     with pytest.raises(ValueError, match="shape"):
         method.load(ToyMLP(), str(tmp_path))
@@ -605,13 +593,13 @@ def test_schedule_event_steps_selection_ties_and_budget():
 def test_schedule_no_event_after_budget_and_clip_to_budget():
     # M = 2, r̄ = 8, k = 4, top_h = 2: clipped: 2 → 10 → 16 (4 + 2); unclipped: 2 → 10 → 18
     method, model = adapted("toy", target_rank=8, top_h=2, init_warmup=0, incre_interval=3, total_step=15)
-    events, totals = run_schedule(method, model, 15, {"fc1": 1.0, "fc2": 2.0})
-    assert sorted(events) == [3, 6] and events[6]["grown"] == {"fc2": 4, "fc1": 2}
+    events, totals = run_schedule(method, model, 15, {"lin0": 1.0, "lin1": 2.0})
+    assert sorted(events) == [3, 6] and events[6]["grown"] == {"lin1": 4, "lin0": 2}
     assert totals[-1] == 16 and all(r <= 16 for r in totals)
     method, model = adapted(
         "toy", target_rank=8, top_h=2, init_warmup=0, incre_interval=3, total_step=15, clip_to_budget=False
     )
-    events, totals = run_schedule(method, model, 15, {"fc1": 1.0, "fc2": 2.0})
+    events, totals = run_schedule(method, model, 15, {"lin0": 1.0, "lin1": 2.0})
     assert sorted(events) == [3, 6] and totals[-1] == 18  # reference behaviour: overshoots R*
 
 
@@ -621,8 +609,8 @@ def test_advance_learning_off_creates_triplets_at_selection():
     )
     optimizer, scheduler = make_optim(method, model, total=10)
     assert all(layer.spare_size == 0 for layer in method.layers(model).values())
-    events, _ = run_schedule(method, model, 10, {"fc1": 1.0, "fc2": 0.0}, optimizer, scheduler)
-    layer = method.layers(model)["fc1"]
+    events, _ = run_schedule(method, model, 10, {"lin0": 1.0, "lin1": 0.0}, optimizer, scheduler)
+    layer = method.layers(model)["lin0"]
     assert layer.block_sizes() == [1, 2, 2, 2] and sorted(events) == [1, 2, 3]
     assert torch.all(layer.lora_E[-1] == 0) and layer.lora_E[-1].requires_grad
     new_group = optimizer.param_groups[-1]
@@ -660,7 +648,7 @@ def lr_trace(new_params_lr, total=20, warmup=3):
         total_step=total,
         warmup_steps=warmup,
     )
-    method.importance = lambda m: {"fc1": 0.0, "fc2": 1.0}
+    method.importance = lambda m: {"lin0": 0.0, "lin1": 1.0}
     optimizer, scheduler = make_optim(method, model, lr=1e-2, warmup=warmup, total=total)
     trace = []  # LR of every group for the next optimizer step
     snapshots = {}
@@ -686,9 +674,9 @@ def test_new_group_lr_per_mode(mode):
     for key in ("weight_decay", "betas", "eps", "initial_lr"):
         assert new[key] == decay[key]
     spare_ids = {id(p) for p in snap["params"]}
-    assert spare_ids == {id(p) for p in method.layers(model)["fc2"].lora_A[-1:]} | {
-        id(method.layers(model)["fc2"].lora_B[-1]),
-        id(method.layers(model)["fc2"].lora_E[-1]),
+    assert spare_ids == {id(p) for p in method.layers(model)["lin1"].lora_A[-1:]} | {
+        id(method.layers(model)["lin1"].lora_B[-1]),
+        id(method.layers(model)["lin1"].lora_E[-1]),
     }
     after_birth = [row[2] for row in trace[3:]]  # LRs used by steps 5 .. T, then the value at T
     global_lr = [row[0] for row in trace[3:]]
@@ -730,6 +718,6 @@ def test_budget_in_training_and_at_the_end():
 def test_no_growth_when_target_rank_equals_init_rank():
     method, model = adapted("toy", target_rank=1, incre_rank_num=1)
     assert not method.growing(model) and all(layer.spare_size == 0 for layer in method.layers(model).values())
-    events, totals = run_schedule(method, model, 20, {"fc1": 1.0, "fc2": 0.0})
+    events, totals = run_schedule(method, model, 20, {"lin0": 1.0, "lin1": 0.0})
     assert events == {} and set(totals) == {2}
     assert method.budget(model)["trainable_spare"] == 0

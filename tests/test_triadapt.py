@@ -30,6 +30,7 @@ from src.methods.triadapt import (
     select_modules,
 )
 from src.schedule import GroupLambdaLR, linear_warmup_decay
+from tests.conftest import ToyMLP as MLP
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = os.path.join(ROOT, "configs", "backbone", "tiny-deberta.yaml")
@@ -42,20 +43,6 @@ TINY = os.path.join(ROOT, "configs", "backbone", "tiny-deberta.yaml")
 class Output:
     logits: torch.Tensor
     loss: torch.Tensor | None = None
-
-
-class MLP(nn.Module):
-    def __init__(self, seed: int = 0):
-        super().__init__()
-        torch.manual_seed(seed)
-        self.lin0 = nn.Linear(10, 20)
-        self.relu = nn.ReLU()
-        self.lin1 = nn.Linear(20, 2)
-
-    def forward(self, x, labels=None):
-        logits = self.lin1(self.relu(self.lin0(x)))
-        loss = nn.functional.cross_entropy(logits, labels) if labels is not None else None
-        return Output(logits=logits, loss=loss)
 
 
 class Stack(nn.Module):
