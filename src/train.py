@@ -6,6 +6,7 @@ component comes from its config group; this file names no method, task or backbo
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
@@ -99,6 +100,7 @@ def train(cfg: DictConfig) -> dict:
         method_cfg = method.make_config(
             OmegaConf.to_container(cfg.method, resolve=True), total_step=total, warmup_steps=args.warmup_steps
         )
+        tracker.record["method_config"] = dataclasses.asdict(method_cfg)  # with T and warmup filled in
         overrides = config["backbone"].get("config_overrides") or {}
         model = method.apply(
             load_model(cfg.backbone, task.head, task.num_labels, cfg.seed, **overrides), method_cfg

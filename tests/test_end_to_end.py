@@ -59,6 +59,7 @@ def test_tiny_deberta_on_real_rte_writes_a_complete_record(cfg_factory, shared_d
     assert RECORD_KEYS <= set(on_disk)
     assert on_disk["status"] == "ok" and on_disk["error"] is None
     assert on_disk["total_steps"] == 8 and [e["step"] for e in on_disk["evals"]] == [4, 8]
+    assert on_disk["method_config"]["target_modules"] and on_disk["method_config"].get("total_step", 8) == 8
     assert 0.0 <= on_disk["best"]["accuracy"] <= 1.0 and on_disk["final"]["step"] == 8
     assert on_disk["config"]["task"]["data_dir"].endswith("glue/rte")
     assert on_disk["versions"]["peft"] == "0.21.2" and on_disk["versions"]["torch"].startswith("2.13.0")
