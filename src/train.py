@@ -14,11 +14,10 @@ from pathlib import Path
 
 import datasets
 import hydra
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
-from transformers import TrainingArguments, set_seed
+from transformers import set_seed
 
 from src.backbones import load_model, load_tokenizer
 from src.data import DataError
@@ -27,41 +26,11 @@ from src.methods import get_method
 from src.records import default_run_id, load_record
 from src.tasks import optimizer_steps, prepare_task
 from src.tracking import RunTracker
-from src.trainer import AdapterTrainer, MethodCallback
+from src.trainer import AdapterTrainer, MethodCallback, training_arguments
 
 log = logging.getLogger("src.train")
 # Errors that mean "the configuration or the data is wrong": one line, no traceback.
 USER_ERRORS = (ValueError, DataError, HubUnavailableError, FileNotFoundError)
-
-
-def training_arguments(
-    tr: DictConfig, output_dir: str, total: int, per_epoch: int, seed: int
-) -> TrainingArguments:
-    epochs = total / per_epoch
-    eval_steps = tr.eval_steps or (per_epoch if epochs >= 20 else max(1, per_epoch // 4))
-    return TrainingArguments(
-        output_dir=output_dir,
-        per_device_train_batch_size=tr.per_device_train_batch_size,
-        per_device_eval_batch_size=tr.per_device_eval_batch_size,
-        gradient_accumulation_steps=tr.gradient_accumulation_steps,
-        learning_rate=tr.learning_rate,
-        weight_decay=tr.weight_decay,
-        max_grad_norm=tr.max_grad_norm,
-        max_steps=total,
-        warmup_steps=int(tr.warmup if tr.warmup >= 1 else round(tr.warmup * total)),
-        eval_strategy="steps",
-        eval_steps=eval_steps,
-        logging_steps=tr.logging_steps,
-        save_strategy="no",
-        report_to="none",
-        seed=seed,
-        bf16=tr.bf16,
-        fp16=tr.fp16,
-        dataloader_num_workers=tr.dataloader_num_workers,
-        remove_unused_columns=False,
-        dataloader_pin_memory=torch.cuda.is_available(),
-        disable_tqdm=True,
-    )
 
 
 def train(cfg: DictConfig) -> dict:

@@ -7,7 +7,8 @@ The callback is the only link between the loop and a method: it forwards every o
 from __future__ import annotations
 
 import torch
-from transformers import Trainer, TrainerCallback
+from omegaconf import DictConfig
+from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from src.methods.base import AdapterMethod
 from src.schedule import GroupLambdaLR, linear_warmup_decay
@@ -78,3 +79,33 @@ class MethodCallback(TrainerCallback):
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
         self.tracker.log_budget(state.global_step, self.method.budget(model))
+
+
+def training_arguments(
+    tr: DictConfig, output_dir: str, total: int, per_epoch: int, seed: int
+) -> TrainingArguments:
+    epochs = total / per_epoch
+    eval_steps = tr.eval_steps or (per_epoch if epochs >= 20 else max(1, per_epoch // 4))
+    return TrainingArguments(
+        output_dir=output_dir,
+        per_device_train_batch_size=tr.per_device_train_batch_size,
+        per_device_eval_batch_size=tr.per_device_eval_batch_size,
+        gradient_accumulation_steps=tr.gradient_accumulation_steps,
+        learning_rate=tr.learning_rate,
+        weight_decay=tr.weight_decay,
+        max_grad_norm=tr.max_grad_norm,
+        max_steps=total,
+        warmup_steps=int(tr.warmup if tr.warmup >= 1 else round(tr.warmup * total)),
+        eval_strategy="steps",
+        eval_steps=eval_steps,
+        logging_steps=tr.logging_steps,
+        save_strategy="no",
+        report_to="none",
+        seed=seed,
+        bf16=tr.bf16,
+        fp16=tr.fp16,
+        dataloader_num_workers=tr.dataloader_num_workers,
+        remove_unused_columns=False,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        disable_tqdm=True,
+    )
