@@ -5,7 +5,15 @@ PY := $(VENV)/bin/python
 DATA_DIR ?= ../shared/data/glue
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help setup demo test test-fast lint format clean bench-overhead
+OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+SKIP_EXISTING = $(if $(FORCE),false,true)
+# extra Hydra overrides for the sweeps, e.g. SWEEP_ARGS="task=rte,mrpc seed=41"
+SWEEP_ARGS ?=
+RUNS ?= results/runs
+TABLES_DIR ?= results/tables
+FIGURES_DIR ?= results/figures
+
+.PHONY: help setup demo test test-fast lint format clean bench-overhead glue-sweep glue-sweep-cpu tables figures notebooks
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -32,6 +40,23 @@ test-fast: ## the tests without end-to-end runs
 
 bench-overhead: ## step time / peak memory / allocation-event time per method -> results/bench/overhead.{json,md}
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) scripts/bench_overhead.py $(BENCH_ARGS)
+
+glue-sweep: ## GLUE x 4 methods x r2/r8 x seeds 41-45 on DeBERTaV3-base (Hub; GLUE_DIR=dir reads local files); FORCE=1 reruns ok runs
+	$(PY) -m src.train -m +sweep=glue skip_existing=$(SKIP_EXISTING) \
+		$(if $(GLUE_DIR),'task.data_dir=$(GLUE_DIR)/$${task.name}') $(SWEEP_ARGS)
+
+glue-sweep-cpu: ## the grid on MiniLM-L6 from DATA_DIR: RTE/MRPC/STS-B/CoLA, 2 seeds, 40 steps (~45 min on 2 cores); FORCE=1 reruns
+	$(OFFLINE) WANDB_MODE=$${WANDB_MODE:-offline} $(PY) -m src.train -m +sweep=glue_cpu skip_existing=$(SKIP_EXISTING) \
+		'task.data_dir=$(DATA_DIR)/$${task.name}' $(SWEEP_ARGS)
+
+tables: ## Markdown + LaTeX tables from RUNS (results/runs) into TABLES_DIR (results/tables); ANCHORS=1 adds published rows
+	$(PY) -m src.report --runs $(RUNS) --out $(TABLES_DIR) $(if $(ANCHORS),--anchors)
+
+figures: ## PNG + PDF figures from RUNS (results/runs) into FIGURES_DIR (results/figures)
+	$(PY) -m src.plots --runs $(RUNS) --out $(FIGURES_DIR)
+
+notebooks: ## execute notebooks/*.ipynb on RUNS; executed copies go to results/notebooks/
+	$(PY) scripts/run_notebooks.py --runs $(RUNS) --out results/notebooks
 
 lint: ## ruff check and format check
 	$(VENV)/bin/ruff check src tests scripts

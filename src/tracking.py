@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import netrc
@@ -14,6 +15,7 @@ from omegaconf import DictConfig
 from src.records import atomic_write_json, new_record
 
 log = logging.getLogger(__name__)
+WANDB_RECORD_FILE = "run_record.json"  # the run record, saved among the W&B run's files
 BUDGET_SCALARS = {
     "budget/allocated_params": "trainable_total",
     "budget/effective_params": "effective_adapter",
@@ -135,8 +137,25 @@ class RunTracker:
             self.wandb.log(
                 {"budget/rank_pattern": wandb.Table(columns=["module", "rank"], data=list(pattern.items()))}
             )
+            self._log_rank_heatmap(wandb)
+            # the whole record as a run file: scripts/wandb_import.py turns a W&B project back into records
+            atomic_write_json(Path(self.wandb.dir) / WANDB_RECORD_FILE, self.record)
             self.wandb.summary.update(
                 {"status": status, "best": self.record["best"], "final": self.record["final"]}
             )
             self.wandb.finish(exit_code=0 if status == "ok" else 1)
         return self.record
+
+    def _log_rank_heatmap(self, wandb) -> None:
+        """The final rank allocation as an image (src/plots.py); a plotting error never fails a run."""
+        try:
+            import PIL.Image
+
+            from src.plots import figure_png, rank_heatmap_figure
+
+            fig = rank_heatmap_figure(self.record)
+            if fig is not None:
+                image = PIL.Image.open(io.BytesIO(figure_png(fig)))
+                self.wandb.log({"budget/rank_heatmap": wandb.Image(image)})
+        except Exception as err:  # noqa: BLE001
+            log.warning("W&B: rank heatmap not logged (%s: %s)", type(err).__name__, err)

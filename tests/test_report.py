@@ -1,0 +1,352 @@
+"""Tables, figures, notebooks and the W&B importer, from a fixture set of run records (offline, fast)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+from omegaconf import OmegaConf
+
+from src import plots, report
+from src.tracking import WANDB_RECORD_FILE, RunTracker
+from src.wandb_import import (
+    find_offline_runs,
+    iter_wandb_records,
+    latest_per_run,
+    read_offline_run,
+    reconstruct_record,
+    record_from_offline_run,
+    records_from_api,
+)
+from tests.conftest import ROOT
+from tests.fixtures.records import fixture_records, record, write_fixture_records
+
+EXPECTED = Path(__file__).parent / "fixtures" / "expected"
+
+
+def tables_by_name(records, **kwargs) -> dict[str, report.Table]:
+    return {t.name: t for t in report.build_tables(records, **kwargs)}
+
+
+# -- tables ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("path", sorted(EXPECTED.glob("*.md")), ids=lambda p: p.stem)
+def test_tables_match_the_expected_markdown(path):
+    anchors = path.stem.endswith("_anchors")
+    tables = tables_by_name(fixture_records(), anchors=anchors)
+    assert tables[path.stem.removesuffix("_anchors")].to_markdown() == path.read_text()
+
+
+def test_every_table_is_checked_against_an_expected_file():
+    assert {f"{name}.md" for name in tables_by_name(fixture_records())} <= {
+        p.name for p in EXPECTED.glob("*.md")
+    }
+
+
+def test_failed_and_unfinished_runs_are_listed_not_counted():
+    glue = tables_by_name(fixture_records())["glue_fixture_tiny-deberta"]
+    triadapt = next(row for row in glue.rows if row[0] == "TriAdaptLoRA")
+    assert triadapt[glue.header.index("RTE")] == "72.00 (n=1)"  # seed 41 only: 42 failed, 43 unfinished
+    notes = "\n".join(glue.notes)
+    assert "1 failed run(s): rte-triadapt-tiny-deberta-r2-s42" in notes
+    assert "1 unfinished run(s) (status running): rte-triadapt-tiny-deberta-r2-s43" in notes
+
+
+def test_uneven_seed_counts_are_shown_per_cell():
+    glue = tables_by_name(fixture_records())["glue_fixture_tiny-deberta"]
+    lora8 = glue.rows[0]
+    assert lora8[:2] == ["LoRA", "8"]
+    assert lora8[glue.header.index("RTE")] == "71.00 ± 1.00 (n=3)"  # 70, 72, 71
+    assert lora8[glue.header.index("MRPC")] == "85.00 ± 1.41 (n=2)"
+
+
+def test_a_missing_metric_is_a_dash_never_zero():
+    records = fixture_records()
+    nan_record = record("qnli", "lora", 2, 41)
+    nan_record["best"]["accuracy"] = math.nan
+    glue = tables_by_name([*records, nan_record])["glue_fixture_tiny-deberta"]
+    lora2 = next(row for row in glue.rows if row[:2] == ["LoRA", "2"])
+    assert lora2[glue.header.index("QQP acc")] == "85.00 (n=1)"
+    assert lora2[glue.header.index("QQP F1")] == report.DASH  # the record has no f1
+    assert lora2[glue.header.index("QNLI")] == report.DASH  # NaN
+    assert lora2[-2:] == [report.DASH, report.DASH]  # averages need every task
+    assert not any(cell.startswith("0.00") for row in glue.rows for cell in row)
+
+
+def test_averages_use_the_right_metric_per_task():
+    """Distinct values per metric, so a wrong metric anywhere changes the averages."""
+    best = {
+        "mnli": {"matched_accuracy": 0.80, "mismatched_accuracy": 0.90},
+        "sst2": {"accuracy": 0.95},
+        "cola": {"matthews": 0.60, "accuracy": 0.10},
+        "qqp": {"accuracy": 0.90, "f1": 0.70},
+        "qnli": {"accuracy": 0.92},
+        "rte": {"accuracy": 0.75},
+        "mrpc": {"accuracy": 0.85, "f1": 0.99},
+        "stsb": {"pearson": 0.88, "spearman": 0.80, "pearson_spearman_mean": 0.84},
+    }
+    records = []
+    for task, metrics in best.items():
+        r = record(task, "lora", 8, 41)
+        r["best"] = metrics
+        records.append(r)
+    glue = tables_by_name(records)["glue_fixture_tiny-deberta"]
+    row = glue.rows[0]
+    one_metric = (80 + 95 + 60 + 90 + 92 + 75 + 85 + 88) / 8  # MNLI-m, QQP acc, STS-B Pearson, MRPC acc
+    task_mean = (85 + 95 + 60 + 80 + 92 + 75 + 85 + 84) / 8  # MNLI (m+mm)/2, QQP (acc+F1)/2, STS-B (P+S)/2
+    assert row[glue.header.index("Avg (8-metric)")] == f"{one_metric:.2f}"
+    assert row[glue.header.index("Avg (task mean)")] == f"{task_mean:.2f}"
+    assert row[glue.header.index("STS-B")] == "88.00 (n=1)"  # Pearson, the selection metric
+
+
+def test_published_rows_reproduce_the_papers_averages():
+    """Spec §8: All Ave. as printed, and the 8-metric recomputation, from the per-task numbers."""
+    printed = {  # (label, r̄) -> (All Ave., 8-metric)
+        ("Full FT", None): (88.09, 88.25),
+        ("LoRA", 8): (88.34, 88.50),
+        ("AdaLoRA", 8): (89.31, 89.46),
+        ("LoRA", 2): (88.15, 88.32),
+        ("AdaLoRA", 2): (88.86, 89.03),
+    }
+    rows = report._anchor_rows(report.ANCHOR_GLUE, report.GLUE_COLUMNS, report.GLUE_TASKS)
+    for row in rows:
+        key = (row[0].removesuffix(" (published)"), None if row[1] == report.DASH else int(row[1]))
+        all_ave, eight = printed[key]
+        assert abs(float(row[-2]) - eight) <= 0.011 and abs(float(row[-1]) - all_ave) <= 0.011, row
+
+
+def test_anchor_rows_only_when_asked():
+    assert not any("published" in row[0] for t in report.build_tables(fixture_records()) for row in t.rows)
+
+
+def test_percent_values_in_records_are_refused():
+    bad = record("rte", "lora", 8, 41)
+    bad["best"]["accuracy"] = 71.0
+    with pytest.raises(ValueError, match="not a fraction"):
+        report.build_tables([bad])
+
+
+def test_studies_and_backbones_are_separate_tables():
+    names = set(tables_by_name(fixture_records()))
+    assert "glue_adhoc_minilm-l6" in names and "glue_fixture_tiny-deberta" in names
+
+
+def test_cli_writes_markdown_and_latex(tmp_path):
+    runs = write_fixture_records(tmp_path / "runs")
+    report.main(["--runs", str(runs), "--out", str(tmp_path / "tables")])
+    tex = (tmp_path / "tables" / "glue_fixture_tiny-deberta.tex").read_text()
+    assert "\\begin{tabular}" in tex and "$\\pm$" in tex and "effective\\_adapter" in tex
+    assert "—" not in tex and "±" not in tex  # escaped for LaTeX
+    md = (tmp_path / "tables" / "glue_fixture_tiny-deberta.md").read_text()
+    assert md == (EXPECTED / "glue_fixture_tiny-deberta.md").read_text()
+
+
+# -- figures ---------------------------------------------------------------------------------------
+def test_rank_grid_is_layer_by_matrix_type():
+    layers, types, grid = plots.final_rank_grid(record("rte", "triadapt", 2, 41))
+    assert layers == ["0", "1"] and types == ["Q", "K", "V", "O", "FF1", "FF2"]
+    assert grid.tolist() == [[1, 2, 3, 1, 2, 3], [1, 2, 3, 1, 2, 3]]
+
+
+def test_figures_are_written_as_png_and_pdf(tmp_path):
+    paths = plots.write_figures(fixture_records(), tmp_path)
+    names = {p.name for p in paths}
+    for stem in [
+        "rank_heatmaps_fixture_tiny-deberta_r2",
+        "rank_heatmaps_fixture_tiny-deberta_r8",
+        "budget_fixture_tiny-deberta",
+        "metric_fixture_tiny-deberta",
+        "seed_spread_fixture_tiny-deberta",
+    ]:
+        assert {f"{stem}.png", f"{stem}.pdf"} <= names
+        assert (tmp_path / f"{stem}.png").stat().st_size > 10_000
+    assert not any("rank_heatmaps_adhoc" in n for n in names)  # LoRA only: nothing adaptive to show
+
+
+def test_plots_use_the_tables_selection():
+    groups = plots.selected_runs(fixture_records())
+    ids = {r["run_id"] for r in groups[("fixture", "tiny-deberta")]}
+    assert "rte-triadapt-tiny-deberta-r2-s41" in ids
+    assert not ids & {"rte-triadapt-tiny-deberta-r2-s42", "mrpc-lora-old-r2-s41"}  # failed, superseded
+    assert "rte-triadapt-exponential-tiny-deberta-r2-s41" not in ids  # an ablation, not the default
+
+
+# -- W&B -------------------------------------------------------------------------------------------
+def offline_wandb_run(tmp_path: Path, source: dict) -> tuple[dict, Path]:
+    """Replay a fixture record through RunTracker with W&B offline; return (record, output dir)."""
+    out = tmp_path / "out"
+    logger = OmegaConf.create({"backend": "wandb", "project": "import-test", "mode": "offline"})
+    tracker = RunTracker(source["run_id"], source["config"], tmp_path / "rec.json", logger, str(out))
+    tracker.set_primary_metric(source["primary_metric"])
+    modules = source["rank_patterns"]["modules"]
+    for pattern, budget in zip(source["rank_patterns"]["history"], source["budget"]["history"], strict=True):
+        scalars = {"trainable_total": 50, "trainable_adapter": 40, "trainable_spare": 0}
+        scalars |= {k: v for k, v in budget.items() if k != "step"}
+        tracker.log_budget(
+            pattern["step"], {**scalars, "rank_pattern": dict(zip(modules, pattern["ranks"], strict=True))}
+        )
+    for e in source["evals"]:
+        tracker.log_eval(e["step"], e["epoch"], {f"eval_{k}": v for k, v in e.items() if k != "step"})
+    return tracker.finish("ok", total_steps=20), out
+
+
+def test_wandb_offline_run_imports_back_into_the_same_record(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    written, out = offline_wandb_run(tmp_path, record("rte", "triadapt", 2, 41))
+    [run_dir] = find_offline_runs([out])
+    assert list((run_dir / "files" / "media" / "images").rglob("rank_heatmap_*.png")), "heatmap not logged"
+    proc = subprocess.run(
+        [sys.executable, "scripts/wandb_import.py", "--offline", str(out), "--out", str(tmp_path / "imported")],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    imported = json.loads((tmp_path / "imported" / f"{written['run_id']}.json").read_text())
+    assert imported.pop("imported_from").startswith("wandb offline run")
+    assert imported == json.loads(json.dumps(written))
+
+    # a run logged without the record file is rebuilt from config, summary and history
+    (run_dir / "files" / WANDB_RECORD_FILE).unlink()
+    rebuilt = record_from_offline_run(run_dir)
+    assert rebuilt["reconstructed"] is True
+    for key in [
+        "run_id",
+        "status",
+        "config",
+        "primary_metric",
+        "evals",
+        "best",
+        "final",
+        "budget",
+        "rank_patterns",
+    ]:
+        assert rebuilt[key] == written[key], key
+    assert report.build_tables([rebuilt])[0].rows == report.build_tables([written])[0].rows
+
+
+def test_wandb_api_import_with_and_without_the_record_file():
+    source = record("mrpc", "adalora", 8, 42)
+    history = [
+        {"_step": 0, "budget/total_rank": 144, "budget/effective_params": 14000, "rank/b.layer.0.x": 12},
+        {"_step": 10, "eval/accuracy": 0.8, "eval/f1": 0.85, "eval/epoch": 1.0},
+    ]
+
+    class FakeFile:
+        def __init__(self, name):
+            self.name = name
+
+        def download(self, root, replace):
+            Path(root, self.name).write_text(json.dumps(source))
+
+    class FakeRun:
+        def __init__(self, run_id, files):
+            self.id, self._files = run_id, files
+            self.config = {**copy.deepcopy(source["config"]), "_wandb": {}}
+            self.summary = {"status": "ok", "best": source["best"], "final": source["final"], "_runtime": 9}
+
+        def files(self):
+            return [FakeFile(n) for n in self._files]
+
+        def file(self, name):
+            return FakeFile(name)
+
+        def scan_history(self):
+            return iter(history)
+
+    class FakeApi:
+        def runs(self, path, filters=None):
+            assert path == "team/project"
+            return [FakeRun("with-file", [WANDB_RECORD_FILE]), FakeRun("old-run", ["output.log"])]
+
+    full, rebuilt = records_from_api("team/project", api=FakeApi())
+    assert full["imported_from"] == "wandb team/project/with-file"
+    assert {k: v for k, v in full.items() if k != "imported_from"} == source
+    assert rebuilt["run_id"] == "old-run" and rebuilt["reconstructed"] and "_wandb" not in rebuilt["config"]
+    assert rebuilt["evals"] == [{"step": 10, "epoch": 1.0, "accuracy": 0.8, "f1": 0.85}]
+    assert rebuilt["budget"]["final"] == {"total_rank": 144, "effective_adapter": 14000}
+    assert rebuilt["rank_patterns"] == {"modules": ["b.layer.0.x"], "history": [{"step": 0, "ranks": [12]}]}
+    assert rebuilt["best"] == source["best"] and rebuilt["status"] == "ok"
+
+
+def test_reconstruct_names_the_primary_metric_like_the_tasks_do():
+    config = {
+        "task": {
+            "name": "mnli",
+            "primary_metric": "accuracy",
+            "eval_splits": {"matched": "a", "mismatched": "b"},
+        }
+    }
+    config |= {"method": {"name": "lora"}, "backbone": {"name": "x"}, "seed": 1}
+    assert reconstruct_record("r", config, {}, [])["primary_metric"] == "matched_accuracy"
+
+
+def test_a_truncated_wandb_file_still_reads(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    _, out = offline_wandb_run(tmp_path, record("rte", "lora", 8, 41))
+    [run_dir] = find_offline_runs([out])
+    log = next(run_dir.glob("run-*.wandb"))
+    kinds = [r.WhichOneof("record_type") for r in iter_wandb_records(log)]
+    assert kinds[0] == "header" and "run" in kinds and kinds[-1] == "exit", kinds
+    data = log.read_bytes()
+    log.write_bytes(data[: len(data) * 2 // 3])  # a run killed mid-write: the complete records still read
+    kinds_left = [r.WhichOneof("record_type") for r in iter_wandb_records(log)]
+    assert 0 < len(kinds_left) < len(kinds) and kinds_left == kinds[: len(kinds_left)]
+    assert read_offline_run(run_dir)["config"]["task"]["name"] == "rte"
+
+
+# -- notebooks -------------------------------------------------------------------------------------
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+
+
+def test_notebooks_are_paired_and_stripped():
+    import jupytext
+
+    assert {p.stem for p in NOTEBOOKS} == {"tables", "plots"}
+    for path in NOTEBOOKS:
+        nb = nbformat.read(path, as_version=4)
+        paired = jupytext.read(path.with_suffix(".py"))
+        assert [c.source for c in nb.cells] == [c.source for c in paired.cells], (
+            f"{path.name}: run jupytext --sync"
+        )
+        for cell in nb.cells:
+            assert not cell.get("outputs") and cell.get("execution_count") is None, (
+                f"{path.name}: strip outputs"
+            )
+
+
+def test_notebooks_execute_on_fixture_records(tmp_path):
+    runs = write_fixture_records(tmp_path / "runs")
+    env = {**os.environ, "MPLBACKEND": "Agg"}
+    proc = subprocess.run(
+        [sys.executable, "scripts/run_notebooks.py", "--runs", str(runs), "--out", str(tmp_path / "executed")],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    tables = nbformat.read(tmp_path / "executed" / "tables.ipynb", as_version=4)
+    shown = [o["data"]["text/markdown"] for c in tables.cells for o in c.get("outputs", []) if "data" in o]
+    assert (EXPECTED / "glue_fixture_tiny-deberta.md").read_text() in shown
+    figures = nbformat.read(tmp_path / "executed" / "plots.ipynb", as_version=4)
+    images = [o for c in figures.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
+    assert len(images) == 5 + 3  # fixture group: 2 heatmaps + 3; ad-hoc group: budget, metric, seed spread
+
+
+def test_no_records_give_no_tables_and_a_record_without_a_budget_still_renders():
+    assert report.build_tables([]) == []
+    old = record("rte", "lora", 8, 41)
+    del old["config"]["budget"]  # written before the budget group existed
+    [table] = report.build_tables([old])
+    assert table.rows == [["LoRA", report.DASH, "12.0K", "70.00 (n=1)", "70.00", "70.00"]]
+
+
+def test_a_killed_and_rerun_run_imports_as_its_finished_record():
+    killed = {"run_id": "a", "status": "running", "finished_at": None, "n": 1}
+    rerun = {"run_id": "a", "status": "ok", "finished_at": "2026-01-01T01:00:00+0000", "n": 2}
+    failed_later = {"run_id": "b", "status": "failed", "finished_at": "2026-01-02T00:00:00+0000", "n": 3}
+    ok_earlier = {"run_id": "b", "status": "ok", "finished_at": "2026-01-01T00:00:00+0000", "n": 4}
+    picked = latest_per_run([rerun, killed, failed_later, ok_earlier])
+    assert sorted(r["n"] for r in picked) == [2, 4]
