@@ -126,7 +126,13 @@ def test_hub_backbone_while_offline_fails_fast(tmp_path):
 
 
 def test_skip_existing_reuses_an_ok_record_and_reruns_otherwise(cfg_factory, shared_data, tmp_path):
-    args = ["backbone=tiny-deberta", "task=rte", f"task.data_dir={shared_data}/glue/rte", "logger=none", "method=lora"]
+    args = [
+        "backbone=tiny-deberta",
+        "task=rte",
+        f"task.data_dir={shared_data}/glue/rte",
+        "logger=none",
+        "method=lora",
+    ]
     args += ["trainer.max_steps=2", "trainer.eval_steps=2", "task.max_eval_samples=16", "save_adapter=false"]
     first = train(cfg_factory(*args))
     path = tmp_path / "results" / "runs" / f"{first['run_id']}.json"
