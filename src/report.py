@@ -29,6 +29,7 @@ DASH = "—"  # a missing cell: no run, or no value for that metric; never 0
 METHOD_ORDER = ["lora", "adalora", "increlora", "triadapt"]
 METHOD_LABEL = {"lora": "LoRA", "adalora": "AdaLoRA", "increlora": "IncreLoRA", "triadapt": "TriAdaptLoRA"}
 ADHOC = "adhoc"  # the study of records that no sweep config tagged
+SCHEDULE_ABLATION_METHOD = "triadapt"  # the paper's ablation: TriAdaptLoRA's threshold schedule (spec §6)
 
 # The main tables compare each method at its defaults; records that change one of these axes are
 # ablations (spec §6) and only appear in the ablation tables. A key missing from a record's config
@@ -490,7 +491,7 @@ def tables_for_group(
         )
         if table is not None:
             tables.append(table)
-    ablation = group[(group["method"] == "triadapt") & group["ablation_other_default"]]
+    ablation = group[(group["method"] == SCHEDULE_ABLATION_METHOD) & group["ablation_other_default"]]
     if len(ablation):
         columns = [c for cols in TASK_COLUMNS.values() for c in cols]
         table = build_table(
