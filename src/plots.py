@@ -240,16 +240,21 @@ def budget_figure(records: list[dict]) -> Figure | None:
             axes[0][j].set_ylabel("total rank Σ r_i")
             axes[1][j].set_ylabel("effective adapter params (K)")
             axes[1][j].set_xlabel("optimizer step")
-        handles = {}
-        for ax in axes.flat:
-            for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
-                handles.setdefault(label, handle)
-        order = [_label(m) for m in METHOD_ORDER if _label(m) in handles]
-        fig.legend(
-            [handles[k] for k in order], order, loc="outside lower center", ncols=len(order), frameon=False
-        )
+        _method_legend(fig, axes, METHOD_ORDER)
         fig.suptitle("Rank budget over training (one line per run)")
     return fig
+
+
+def _method_legend(fig, axes, methods) -> None:
+    """One legend for the whole figure, one entry per method present, in ``methods`` order."""
+    handles = {}
+    for ax in axes.flat:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            handles.setdefault(label, handle)
+    order = [_label(m) for m in methods if _label(m) in handles]
+    fig.legend(
+        [handles[k] for k in order], order, loc="outside lower center", ncols=len(order), frameon=False
+    )
 
 
 def _grid(n: int, max_cols: int = 4) -> tuple[int, int]:
@@ -338,14 +343,7 @@ def seed_spread_figure(records: list[dict]) -> Figure | None:
             ax.set_ylabel(f"best dev {_metric_name(metric)} ×100")
         for k in range(len(tasks), rows * cols):
             axes[k // cols][k % cols].set_axis_off()
-        handles = {}
-        for ax in axes.flat:
-            for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
-                handles.setdefault(label, handle)
-        order = [_label(m) for m in methods if _label(m) in handles]
-        fig.legend(
-            [handles[k] for k in order], order, loc="outside lower center", ncols=len(order), frameon=False
-        )
+        _method_legend(fig, axes, methods)
         fig.suptitle("Seed spread: best dev score of each seed (dots) and their mean (bar)")
     return fig
 
