@@ -93,7 +93,8 @@ def package_versions() -> dict:
     return versions
 
 
-def new_record(run_id: str, config: dict) -> dict:
+def new_record(run_id: str, config: dict, environment: bool = True) -> dict:
+    """The record skeleton; ``environment=False`` leaves git, versions and host empty (imported runs)."""
     return {
         "run_id": run_id,
         "status": "running",
@@ -105,9 +106,9 @@ def new_record(run_id: str, config: dict) -> dict:
         "backbone": config["backbone"]["name"],
         "seed": config["seed"],
         "config": config,
-        "git": git_state(),
-        "versions": package_versions(),
-        "host": {"platform": platform.platform(), "cpu_count": os.cpu_count()},
+        "git": git_state() if environment else {"sha": None, "dirty": None},
+        "versions": package_versions() if environment else {},
+        "host": {"platform": platform.platform(), "cpu_count": os.cpu_count()} if environment else {},
         "primary_metric": None,
         "evals": [],  # one entry per evaluation: {"step", "epoch", <metric>: value, ...}
         "best": None,  # the evaluation with the best primary metric

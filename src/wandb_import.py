@@ -27,7 +27,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from src.records import atomic_write_json
+from src.records import atomic_write_json, new_record
 from src.tracking import BUDGET_SCALARS, WANDB_RECORD_FILE
 
 BLOCK = 32768  # LevelDB log block size used by W&B's transaction log
@@ -178,37 +178,26 @@ def reconstruct_record(run_id: str, config: dict, summary: dict, history: Iterab
         modules = [modules[i] for i in order]
         rank_history = [{"step": h["step"], "ranks": [h["ranks"][i] for i in order]} for h in rank_history]
     final = summary.get("final")
-    return {
-        "run_id": run_id,
-        "status": summary.get("status", "running"),
-        "error": summary.get("error"),
-        "started_at": None,
-        "finished_at": None,
-        "task": config["task"]["name"],
-        "method": config["method"]["name"],
-        "backbone": config["backbone"]["name"],
-        "seed": config["seed"],
-        "config": config,
-        "git": {"sha": None, "dirty": None},
-        "versions": {},
-        "host": {},
-        "primary_metric": _primary_metric(config),
-        "evals": evals,
-        "best": summary.get("best"),
-        "final": final,
-        "train_log": [],
-        "budget": {
+    record = new_record(run_id, config, environment=False)  # same skeleton as a live run's record
+    record.update(
+        status=summary.get("status", "running"),
+        error=summary.get("error"),
+        started_at=None,
+        primary_metric=_primary_metric(config),
+        evals=evals,
+        best=summary.get("best"),
+        final=final,
+        budget={
             "initial": _without_step(budget_history[0]) if budget_history else None,
             "final": _without_step(budget_history[-1]) if budget_history else None,
             "history": budget_history,
         },
-        "rank_patterns": {"modules": modules, "history": rank_history},
-        "events": [],
-        "total_steps": (final or {}).get("step"),
-        "wall_time_s": summary.get("_runtime"),
-        "train_examples_per_s": None,
-        "reconstructed": True,
-    }
+        rank_patterns={"modules": modules, "history": rank_history},
+        total_steps=(final or {}).get("step"),
+        wall_time_s=summary.get("_runtime"),
+        reconstructed=True,
+    )
+    return record
 
 
 def record_from_offline_run(run_dir: str | Path) -> dict:
