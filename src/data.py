@@ -68,8 +68,43 @@ def load_hub(name: str, config: str | None, splits: list[str], revision: str | N
     return DatasetDict({s: ds[s] for s in splits})
 
 
+def required_columns(task: DictConfig) -> list[str]:
+    """Columns every split must have: ``task.columns`` if set, else the text fields and the label."""
+    if task.get("columns"):
+        return list(task.columns)
+    return [*task.text_fields, task.label_field]
+
+
+def derive_splits(
+    ds: Dataset, train: str, evals: list[str], group_by: str | None, eval_fraction: float, seed: int
+):
+    """Split one split into train and eval parts, whole groups at a time (e.g. SQuAD articles by ``title``).
+
+    For data that ships only one labelled split here (SQuAD validation, an XSum sample): groups are
+    shuffled with ``seed`` and the first ``eval_fraction`` of them become every eval split, so no
+    article is seen in both.
+    """
+    if group_by is not None and group_by not in ds.column_names:
+        raise DataError(f"task.split_from.group_by={group_by!r} is not a column; columns: {ds.column_names}")
+    keys = ds[group_by] if group_by else list(range(len(ds)))
+    groups = list(dict.fromkeys(keys))
+    random.Random(seed).shuffle(groups)
+    n_eval = max(1, round(len(groups) * eval_fraction))
+    if n_eval >= len(groups):
+        raise DataError(
+            f"task.split_from.eval_fraction={eval_fraction} leaves no training groups ({len(groups)} in all)"
+        )
+    held_out = set(groups[:n_eval])
+    eval_idx = [i for i, k in enumerate(keys) if k in held_out]
+    train_idx = [i for i, k in enumerate(keys) if k not in held_out]
+    return DatasetDict({train: ds.select(train_idx), **{e: ds.select(eval_idx) for e in evals}})
+
+
 def load_task_data(task: DictConfig) -> DatasetDict:
     splits = [task.train_split, *task.eval_splits.values()]
+    derive = task.get("split_from")
+    if derive:
+        splits = [derive.source]
     if task.get("data_dir"):
         data = load_local(task.data_dir, splits)
     elif task.get("builder"):
@@ -78,8 +113,18 @@ def load_task_data(task: DictConfig) -> DatasetDict:
         data = getattr(importlib.import_module(module), fn)(**args)
     else:
         data = load_hub(task.hub_name, task.get("hub_config"), splits, task.get("hub_revision"))
+    if derive:
+        data = derive_splits(
+            data[derive.source],
+            task.train_split,
+            list(dict.fromkeys(task.eval_splits.values())),
+            derive.get("group_by"),
+            derive.eval_fraction,
+            derive.seed,
+        )
+    columns = required_columns(task)
     for split, ds in data.items():
-        missing = [c for c in [*task.text_fields, task.label_field] if c not in ds.column_names]
+        missing = [c for c in columns if c not in ds.column_names]
         if missing:
             raise DataError(
                 f"split {split!r} of task {task.name!r} lacks column(s) {missing}; it has {ds.column_names}"

@@ -31,7 +31,9 @@ class PreparedTask:
     primary_metric: str  # key of the selection metric in the evaluation output (without "eval_")
 
 
-def classification(task: DictConfig, tokenizer, seed: int) -> PreparedTask:
+def classification(
+    task: DictConfig, tokenizer, seed: int, backbone: DictConfig | None = None
+) -> PreparedTask:
     """Single-sentence or sentence-pair classification / regression (GLUE and the like)."""
     data = load_task_data(task)
     regression = task.num_labels == 1
@@ -73,10 +75,12 @@ def classification(task: DictConfig, tokenizer, seed: int) -> PreparedTask:
 FAMILIES = {"classification": classification}
 
 
-def prepare_task(task: DictConfig, tokenizer, seed: int) -> PreparedTask:
+def prepare_task(task: DictConfig, tokenizer, seed: int, backbone: DictConfig | None = None) -> PreparedTask:
+    """Tokenised splits and scoring for ``task``; ``backbone`` tells families that care about the
+    architecture (encoder-decoder vs decoder-only generation) which one they are feeding."""
     if task.family not in FAMILIES:
         raise ValueError(f"task {task.name!r} has unknown family {task.family!r}; known: {sorted(FAMILIES)}")
-    return FAMILIES[task.family](task, tokenizer, seed)
+    return FAMILIES[task.family](task, tokenizer, seed, backbone)
 
 
 def optimizer_steps(n_examples: int, batch_size: int, grad_accum: int, epochs: float, max_steps: int) -> int:

@@ -57,7 +57,7 @@ def train(cfg: DictConfig) -> dict:
                 f"method={method.name} grows parameters and does not support multi-process runs yet"
             )
         tokenizer = load_tokenizer(cfg.backbone)
-        task = prepare_task(cfg.task, tokenizer, cfg.seed)
+        task = prepare_task(cfg.task, tokenizer, cfg.seed, cfg.backbone)
         tracker.set_primary_metric(task.primary_metric)
         tr = cfg.trainer
         batch = tr.per_device_train_batch_size
