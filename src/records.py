@@ -93,6 +93,18 @@ def package_versions() -> dict:
     return versions
 
 
+def host_info() -> dict:
+    """Where the run ran; the thread count matters for comparing CPU wall times."""
+    import torch  # the training process has it loaded already
+
+    return {
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
+
+
 def new_record(run_id: str, config: dict, environment: bool = True) -> dict:
     """The record skeleton; ``environment=False`` leaves git, versions and host empty (imported runs)."""
     return {
@@ -108,7 +120,7 @@ def new_record(run_id: str, config: dict, environment: bool = True) -> dict:
         "config": config,
         "git": git_state() if environment else {"sha": None, "dirty": None},
         "versions": package_versions() if environment else {},
-        "host": {"platform": platform.platform(), "cpu_count": os.cpu_count()} if environment else {},
+        "host": host_info() if environment else {},
         "primary_metric": None,
         "evals": [],  # one entry per evaluation: {"step", "epoch", <metric>: value, ...}
         "best": None,  # the evaluation with the best primary metric

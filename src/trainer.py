@@ -41,9 +41,11 @@ class AdapterTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         # Methods add their regulariser to outputs.loss inside forward; without labels it would be dropped.
-        if "labels" not in inputs:
+        # The label names are the model's own (QA heads take start_positions/end_positions).
+        missing = [name for name in self.label_names or ["labels"] if name not in inputs]
+        if missing:
             raise ValueError(
-                "training batch has no 'labels'; the method's regulariser needs the model to compute the loss"
+                f"training batch has no {missing}; the method's regulariser needs the model to compute the loss"
             )
         return super().compute_loss(
             model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
@@ -105,6 +107,7 @@ def training_arguments(
         bf16=tr.bf16,
         fp16=tr.fp16,
         dataloader_num_workers=tr.dataloader_num_workers,
+        train_sampling_strategy=tr.get("train_sampling_strategy", "random"),
         remove_unused_columns=False,
         dataloader_pin_memory=torch.cuda.is_available(),
         disable_tqdm=True,
