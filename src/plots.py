@@ -23,6 +23,7 @@ import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 
+from src.records import atomic_write
 from src.report import METHOD_LABEL, METHOD_ORDER, TASK_LABEL, latest_ok, load_records, runs_frame
 
 STYLE = {
@@ -360,9 +361,8 @@ def save(fig: Figure, path_stem: Path, dpi: int = 200) -> list[Path]:
     paths = []
     for suffix in (".png", ".pdf"):
         path = path_stem.with_suffix(suffix)
-        fig.savefig(
-            path, dpi=dpi, metadata={"Software": None} if suffix == ".png" else {"CreationDate": None}
-        )
+        metadata = {"Software": None} if suffix == ".png" else {"CreationDate": None}
+        atomic_write(path, lambda tmp, metadata=metadata: fig.savefig(tmp, dpi=dpi, metadata=metadata))
         paths.append(path)
     return paths
 

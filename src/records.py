@@ -14,6 +14,7 @@ import platform
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -31,29 +32,48 @@ PACKAGES = (
 )
 # Keys that do not change what a run computes, so they stay out of its identity.
 NON_IDENTITY_KEYS = ("paths", "logger", "run_id", "hydra", "skip_existing", "save_adapter")
+# ... and such keys inside groups: checkpointing and resuming change how a run is carried out, not
+# what it computes (a resumed run has the identity of the run it continues).
+NON_IDENTITY_GROUP_KEYS = {"trainer": ("checkpoint", "save_steps", "resume", "keep_checkpoints")}
 
 
-def atomic_write_json(path: str | Path, obj: Any) -> None:
-    """Write to a temp file in the same folder, then rename: a kill never leaves half a record."""
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
+    """``write(tmp)`` into a temp file in the same folder, then rename over ``path``: a kill never
+    leaves half a file (records, checkpoints' metadata, tables, figures)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1, default=str)
-            f.flush()
-            os.fsync(f.fileno())
+        write(Path(tmp))
         umask = os.umask(0)
         os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; records are for everyone to read
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; results are for everyone to read
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
+def atomic_write_text(path: str | Path, text: str) -> None:
+    def write(tmp: Path) -> None:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+
+    atomic_write(path, write)
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=1, default=str))
+
+
 def config_hash(config: dict) -> str:
     identity = {k: v for k, v in config.items() if k not in NON_IDENTITY_KEYS}
+    for group, keys in NON_IDENTITY_GROUP_KEYS.items():
+        if isinstance(identity.get(group), dict):
+            identity[group] = {k: v for k, v in identity[group].items() if k not in keys}
     return hashlib.sha1(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from src.records import atomic_write_text
+
 DASH = "—"  # a missing cell: no run, or no value for that metric; never 0
 METHOD_ORDER = ["lora", "adalora", "increlora", "triadapt"]
 METHOD_LABEL = {"lora": "LoRA", "adalora": "AdaLoRA", "increlora": "IncreLoRA", "triadapt": "TriAdaptLoRA"}
@@ -533,7 +535,7 @@ def write_tables(tables: list[Table], out_dir: str | Path) -> list[Path]:
     for table in tables:
         for suffix, text in [(".md", table.to_markdown()), (".tex", table.to_latex())]:
             path = out / f"{table.name}{suffix}"
-            path.write_text(text)
+            atomic_write_text(path, text)
             paths.append(path)
     return paths
 

@@ -22,6 +22,7 @@ import pandas as pd
 from scipy import stats
 
 from src.plots import group_figures, save
+from src.records import atomic_write_text
 from src.report import DASH, DEFAULT_AXES, METHOD_LABEL, METHOD_ORDER, TASK_LABEL, load_records
 
 STUDY = "cpu-repro"
@@ -455,9 +456,7 @@ def write_report(runs_dir: str | Path, out_dir: str | Path) -> list[Path]:
             paths += save(fig, out / "figures" / "_".join([kind, *([budget] if budget else [])]))
     names = [p.name for p in paths if p.suffix == ".png"]
     readme = out / "README.md"
-    tmp = readme.with_suffix(".md.tmp")
-    tmp.write_text(render(records, names))
-    tmp.replace(readme)  # atomic: a killed render leaves the previous write-up
+    atomic_write_text(readme, render(records, names))
     return [readme, *paths]
 
 

@@ -43,12 +43,49 @@ def restart_warmup(birth_step: int, warmup_steps: int, total_steps: int) -> LRLa
     return lr_lambda
 
 
+def constant_one(step: int) -> float:
+    return 1.0
+
+
+def group_lambda(spec: dict | None, default: LRLambda) -> LRLambda:
+    """The lambda of one optimizer group from its ``lr_schedule`` entry (None: the global schedule).
+
+    Groups born during training carry the entry (src.methods.common.add_param_group), so a resumed
+    run rebuilds every group's schedule from the optimizer state alone: ``follow`` = the global
+    lambda, ``static`` = 1.0 to the end, ``restart_warmup`` = own warmup from the birth step.
+    """
+    kind = (spec or {}).get("kind", "follow")
+    if kind == "follow":
+        return default
+    if kind == "static":
+        return constant_one
+    if kind == "restart_warmup":
+        warmup = getattr(default, "warmup_steps", None)
+        if warmup is None:
+            raise ValueError(
+                "new_params_lr=restart_warmup needs the global warmup length; build the scheduler "
+                "with src.schedule.linear_warmup_decay"
+            )
+        return restart_warmup(spec["birth_step"], warmup, spec["total_step"])
+    raise ValueError(f"unknown lr_schedule kind {kind!r} in an optimizer group")
+
+
 class GroupLambdaLR(LambdaLR):
-    """``LambdaLR`` whose groups can grow: ``add_group`` registers the newest optimizer group."""
+    """``LambdaLR`` whose groups can grow: ``add_group`` registers the newest optimizer group.
+
+    Built on an optimizer that already holds groups born during training (a resumed run), each
+    group gets the lambda its ``lr_schedule`` entry names.
+    """
 
     def __init__(self, optimizer: Optimizer, lr_lambda: LRLambda, last_epoch: int = -1):
         self.default_lambda = lr_lambda
-        super().__init__(optimizer, lr_lambda, last_epoch)
+        lambdas = [group_lambda(g.get("lr_schedule"), lr_lambda) for g in optimizer.param_groups]
+        super().__init__(optimizer, lambdas, last_epoch)
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        state.pop("default_lambda", None)  # a closure: rebuilt from the config, not pickled
+        return state
 
     def add_group(self, lr_lambda: LRLambda | None = None) -> None:
         """Schedule ``optimizer.param_groups[-1]``; ``None`` means the global schedule."""

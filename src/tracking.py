@@ -12,7 +12,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from src.records import atomic_write_json, new_record
+from src.checkpoints import RECORD_FILE
+from src.distributed import is_main_process
+from src.records import atomic_write_json, load_record, new_record
 
 log = logging.getLogger(__name__)
 WANDB_RECORD_FILE = "run_record.json"  # the run record, saved among the W&B run's files
@@ -35,13 +37,25 @@ def _wandb_credentials() -> bool:
 
 
 class RunTracker:
-    def __init__(self, run_id: str, config: dict, record_path: Path, logger_cfg: DictConfig, output_dir: str):
+    def __init__(
+        self,
+        run_id: str,
+        config: dict,
+        record_path: Path,
+        logger_cfg: DictConfig,
+        output_dir: str,
+        resume_from: Path | None = None,
+    ):
         self.path = Path(record_path)
         self.record = new_record(run_id, config)
         self.wandb = None
+        # multi-process runs: every process tracks (same values), only the main one writes
+        self.main = is_main_process()
         self._last_pattern = None
+        if resume_from is not None:  # a checkpoint folder holding the record as of its step
+            self._continue(load_record(Path(resume_from) / RECORD_FILE))
         self._t0 = time.time()
-        if logger_cfg.get("backend") == "wandb":
+        if logger_cfg.get("backend") == "wandb" and self.main:
             self.wandb = self._init_wandb(run_id, config, logger_cfg, output_dir)
         self.flush()
 
@@ -69,8 +83,36 @@ class RunTracker:
             reinit="finish_previous",
         )
 
+    def _continue(self, old: dict) -> None:
+        """Continue the record a checkpoint holds: what was logged up to its step is kept, and this
+        attempt's environment (git SHA, versions, host) is the one recorded."""
+        rec = self.record
+        for key in (
+            "primary_metric",
+            "evals",
+            "best",
+            "final",
+            "train_log",
+            "budget",
+            "rank_patterns",
+            "events",
+        ):
+            rec[key] = old[key]
+        patterns = rec["rank_patterns"]["history"]
+        if patterns:
+            modules = rec["rank_patterns"]["modules"]
+            self._last_pattern = dict(zip(modules, patterns[-1]["ranks"], strict=True))
+        rec["started_at"] = old["started_at"]
+        now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        rec["resumed"] = [*(old.get("resumed") or []), {"from_step": old["checkpoint_step"], "at": now}]
+
+    def snapshot(self, path: Path, step: int) -> None:
+        """The record as of a checkpoint at ``step`` (what a resumed run continues)."""
+        atomic_write_json(path, {**self.record, "checkpoint_step": step})
+
     def flush(self) -> None:
-        atomic_write_json(self.path, self.record)
+        if self.main:
+            atomic_write_json(self.path, self.record)
 
     def _wb(self, data: dict, step: int) -> None:
         if self.wandb is not None:
@@ -89,14 +131,16 @@ class RunTracker:
         values = {k.removeprefix("eval_"): v for k, v in metrics.items() if isinstance(v, (int, float))}
         entry = {"step": step, "epoch": epoch, **values}
         self.record["evals"].append(entry)
+        self._update_best(entry)
+        self._wb({f"eval/{k}": v for k, v in values.items()}, step)
+        self.flush()
+
+    def _update_best(self, entry: dict) -> None:
         self.record["final"] = entry
-        primary = self.record["primary_metric"]
-        best = self.record["best"]
+        primary, best = self.record["primary_metric"], self.record["best"]
         score = entry.get(primary)
         if score is not None and not math.isnan(score) and (best is None or score > best[primary]):
             self.record["best"] = entry
-        self._wb({f"eval/{k}": v for k, v in values.items()}, step)
-        self.flush()
 
     # -- budget --------------------------------------------------------------------------------
     def log_budget(self, step: int, budget: dict, event: dict | None = None) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -19,18 +19,21 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from transformers import set_seed
 
+from src import distributed
 from src.backbones import load_model, load_tokenizer
+from src.checkpoints import checkpoint_step, prepare_run_dir
 from src.data import DataError
 from src.hub import HubUnavailableError, ensure_offline_mode_if_unreachable
+from src.hydra_callbacks import JOB_STATUS_FILE
 from src.methods import get_method
-from src.records import default_run_id, load_record
+from src.records import atomic_write_json, default_run_id, load_record
 from src.tasks import optimizer_steps, prepare_task
 from src.tracking import RunTracker
 from src.trainer import AdapterTrainer, MethodCallback, training_arguments
 
 log = logging.getLogger("src.train")
 # Errors that mean "the configuration or the data is wrong": one line, no traceback.
-USER_ERRORS = (ValueError, DataError, HubUnavailableError, FileNotFoundError)
+USER_ERRORS = (ValueError, DataError, HubUnavailableError, FileNotFoundError, FloatingPointError)
 
 
 def train(cfg: DictConfig) -> dict:
@@ -48,24 +51,29 @@ def train(cfg: DictConfig) -> dict:
         )
         return load_record(record_path)
     output_dir = str(Path(cfg.paths.output_dir))
-    tracker = RunTracker(run_id, config, record_path, cfg.logger, output_dir)
+    checkpoint_dir = Path(cfg.paths.checkpoints_dir) / run_id
+    resume_from = prepare_run_dir(checkpoint_dir, config, cfg.trainer.resume, distributed.is_main_process())
+    resume_step = checkpoint_step(resume_from) if resume_from else None
+    tracker = RunTracker(run_id, config, record_path, cfg.logger, output_dir, resume_from)
     try:
         set_seed(cfg.seed)
         method = get_method(cfg.method.name)
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not method.supports_distributed:
+        processes = distributed.launched_processes()
+        if processes > 1 and not method.supports_distributed:
             raise ValueError(
-                f"method={method.name} grows parameters and does not support multi-process runs yet"
+                f"method={method.name} does not support multi-process runs (WORLD_SIZE={processes})"
             )
+        distributed.configure_launch(processes)
         tokenizer = load_tokenizer(cfg.backbone)
         task = prepare_task(cfg.task, tokenizer, cfg.seed, cfg.backbone)
         tracker.set_primary_metric(task.primary_metric)
         tr = cfg.trainer
-        batch = tr.per_device_train_batch_size
+        batch = tr.per_device_train_batch_size * processes  # T counts steps of the global batch
         per_epoch = optimizer_steps(len(task.train), batch, tr.gradient_accumulation_steps, 1, -1)
         total = optimizer_steps(
             len(task.train), batch, tr.gradient_accumulation_steps, tr.num_train_epochs, tr.max_steps
         )
-        args = training_arguments(tr, output_dir, total, per_epoch, cfg.seed)
+        args = training_arguments(tr, str(checkpoint_dir), total, per_epoch, cfg.seed)
         method_cfg = method.make_config(
             OmegaConf.to_container(cfg.method, resolve=True), total_step=total, warmup_steps=args.warmup_steps
         )
@@ -83,14 +91,22 @@ def train(cfg: DictConfig) -> dict:
             compute_metrics=task.compute_metrics,
             callbacks=[MethodCallback(method, tracker)],
             method=method,
+            generation=task.generation,
         )
-        result = trainer.train()
+        if resume_from:
+            log.info("run %s resumes from %s (step %d)", run_id, resume_from, resume_step)
+        result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         if trainer.state.global_step != total:
             raise RuntimeError(f"ran {trainer.state.global_step} optimizer steps, expected T={total}")
         if not tracker.record["evals"] or tracker.record["evals"][-1]["step"] != total:
             trainer.evaluate()  # the final model is always evaluated
-        if cfg.save_adapter:
+        consistency = distributed.check_consistent(model, method.budget(model)["rank_pattern"])
+        if consistency:  # multi-process: every process ended with the same adapter
+            tracker.record["distributed"] = consistency
+        if cfg.save_adapter and distributed.is_main_process():
             method.save(model, str(Path(output_dir) / "adapter"))
+        if not tr.keep_checkpoints and distributed.is_main_process():
+            shutil.rmtree(checkpoint_dir, ignore_errors=True)
         record = tracker.finish(
             "ok",
             total_steps=total,
@@ -104,20 +120,43 @@ def train(cfg: DictConfig) -> dict:
         raise
 
 
+def write_job_status(cfg: DictConfig, record: dict | None, err: Exception | None) -> None:
+    """``status.json`` in the Hydra job's folder, which the sweep summary reads (src/hydra_callbacks.py).
+
+    Written even when train() failed before its run record existed (e.g. a config that cannot resolve).
+    """
+    try:  # the name train() gives the run
+        run_id = cfg.run_id or default_run_id(OmegaConf.to_container(cfg, resolve=True))
+        record_path = Path(cfg.paths.runs_dir) / f"{run_id}.json"
+    except Exception:  # noqa: BLE001  (the status file must not hide the run's own error)
+        run_id = record_path = None
+    hydra_cfg = HydraConfig.get()
+    status = {
+        "run_id": run_id,
+        "status": record["status"] if record else "failed",
+        "error": f"{type(err).__name__}: {err}" if err else None,
+        "record": str(record_path) if record_path and record_path.is_file() else None,
+        "overrides": list(hydra_cfg.overrides.task),
+    }
+    atomic_write_json(Path(hydra_cfg.runtime.output_dir) / JOB_STATUS_FILE, status)
+
+
 @hydra.main(version_base="1.3", config_path="../configs", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     try:
         record = train(cfg)
-    except USER_ERRORS as err:
-        if HydraConfig.get().mode == RunMode.MULTIRUN:  # record it, let the sweep go on
-            log.error("run failed: %s", err)
+    except Exception as err:
+        write_job_status(cfg, None, err)
+        if HydraConfig.get().mode == RunMode.MULTIRUN:  # recorded as failed; the sweep goes on
+            if isinstance(err, USER_ERRORS):
+                log.error("run failed: %s", err)
+            else:
+                log.exception("run failed; recorded as failed, continuing the sweep")
             return None
-        sys.exit(f"error: {err}")
-    except Exception:
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
-            log.exception("run failed; recorded as failed, continuing the sweep")
-            return None
+        if isinstance(err, USER_ERRORS):
+            sys.exit(f"error: {err}")
         raise
+    write_job_status(cfg, record, None)
     best = record["best"] or {}
     return best.get(record["primary_metric"])
 

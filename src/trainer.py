@@ -6,21 +6,53 @@ The callback is the only link between the loop and a method: it forwards every o
 
 from __future__ import annotations
 
+import math
+from pathlib import Path
+
 import torch
 from omegaconf import DictConfig
 from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from src import checkpoints, distributed
+from src.generation import prompts_from_labels
 from src.methods.base import AdapterMethod
 from src.schedule import GroupLambdaLR, linear_warmup_decay
 from src.tracking import RunTracker
 
 
 class AdapterTrainer(Trainer):
-    def __init__(self, *args, method: AdapterMethod, **kwargs):
+    def __init__(self, *args, method: AdapterMethod, generation: dict | None = None, **kwargs):
         self.method = method
+        self.generation = generation  # model.generate kwargs: evaluation predicts generated tokens
         super().__init__(*args, **kwargs)
 
+    # -- checkpoints: the method saves and restores the adapter (grown shapes included) ----------
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        if self.args.should_save:
+            self.method.save_checkpoint(self.model, output_dir or self.args.output_dir)
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        # Runs before the optimizer exists: it is then built over the restored (grown) parameters
+        # in the saved group order, so the saved optimizer and scheduler states load one to one.
+        self.method.load_checkpoint(self.model, resume_from_checkpoint)
+        self._resume_groups = checkpoints.read_groups(resume_from_checkpoint, self.model)
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        super()._save_optimizer_and_scheduler(output_dir)
+        if self.args.should_save:
+            checkpoints.write_groups(output_dir, self.optimizer, self.model)
+
     def create_optimizer(self, model=None):
+        if self.optimizer is None and getattr(self, "_resume_groups", None):
+            hyper = {"lr": self.args.learning_rate, "weight_decay": self.args.weight_decay}
+            groups = [{**hyper, **g} for g in self._resume_groups]  # the saved state overwrites these
+            self.optimizer = torch.optim.AdamW(
+                groups,
+                lr=self.args.learning_rate,
+                betas=(self.args.adam_beta1, self.args.adam_beta2),
+                eps=self.args.adam_epsilon,
+            )
         if self.optimizer is None:
             groups = self.method.param_groups(self.model, self.args.learning_rate, self.args.weight_decay)
             self.optimizer = torch.optim.AdamW(
@@ -51,6 +83,28 @@ class AdapterTrainer(Trainer):
             model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
         )
 
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """With ``generation``: the teacher-forced loss, and generated token ids as the predictions.
+
+        Decoder-only models continue their prompt (the tokens before the first label, left-padded);
+        only the continuation is returned. The Trainer pads predictions across batches with -100.
+        """
+        if self.generation is None or prediction_loss_only:
+            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
+        loss, _, _ = super().prediction_step(model, inputs, prediction_loss_only=True)
+        inputs = self._prepare_inputs(inputs)
+        labels = inputs["labels"]
+        ids, mask = inputs["input_ids"], inputs["attention_mask"]
+        unwrapped = self.accelerator.unwrap_model(model)
+        decoder_only = not unwrapped.config.is_encoder_decoder
+        if decoder_only:
+            ids, mask = prompts_from_labels(ids, mask, labels, self.generation["pad_token_id"])
+        with torch.no_grad():
+            generated = unwrapped.generate(input_ids=ids, attention_mask=mask, **self.generation)
+        if decoder_only:
+            generated = generated[:, ids.shape[1] :]
+        return loss, generated, labels
+
 
 class MethodCallback(TrainerCallback):
     """Forwards optimizer steps to the method and streams logs, evaluations and budgets to the tracker."""
@@ -60,7 +114,17 @@ class MethodCallback(TrainerCallback):
         self.tracker = tracker
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        self.tracker.log_budget(0, self.method.budget(model))
+        # global_step is the checkpoint's step when a run resumes (0 otherwise)
+        self.tracker.log_budget(state.global_step, self.method.budget(model))
+
+    def on_save(self, args, state, control, **kwargs):
+        # The checkpoint is written; it gets the record as of its step (a resumed run continues that
+        # record) and only then the COMPLETE mark, so a kill in between leaves it unused.
+        if args.should_save:
+            folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+            self.tracker.flush()
+            self.tracker.snapshot(folder / checkpoints.RECORD_FILE, state.global_step)
+            checkpoints.mark_complete(folder)
 
     def on_optimizer_step(
         self, args, state, control, model=None, optimizer=None, lr_scheduler=None, **kwargs
@@ -68,13 +132,23 @@ class MethodCallback(TrainerCallback):
         # Runs after optimizer.step() and before lr_scheduler.step()/zero_grad(): gradients are still
         # there, and global_step has not been incremented yet, so this is step t = global_step + 1.
         step = state.global_step + 1
+        distributed.before_method_step(model, args.world_size)  # multi-process: scores read the same values
         event = self.method.step(model, optimizer, lr_scheduler, global_step=step)
         if event is not None:
-            self.tracker.log_budget(step, self.method.budget(model), event)
+            budget = self.method.budget(model)
+            distributed.after_event(model, budget["rank_pattern"])  # new tensors join the gradient average
+            self.tracker.log_budget(step, budget, event)
 
     def on_log(self, args, state, control, logs=None, model=None, **kwargs):
         if logs and not any(k.startswith("eval_") for k in logs):
             self.tracker.log_train(state.global_step, {**logs, **self.method.extra_logs(model)})
+            # a diverged run only wastes its remaining steps: stop it and record why
+            loss = logs.get("loss", logs.get("train_loss"))
+            if loss is not None and not math.isfinite(loss):
+                raise FloatingPointError(
+                    f"loss is {loss} at step {state.global_step}; lower trainer.learning_rate "
+                    f"(now {args.learning_rate:g}) or check the data"
+                )
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         self.tracker.log_eval(state.global_step, state.epoch, metrics or {})
@@ -101,7 +175,10 @@ def training_arguments(
         eval_strategy="steps",
         eval_steps=eval_steps,
         logging_steps=tr.logging_steps,
-        save_strategy="no",
+        logging_nan_inf_filter=False,  # a non-finite loss must be seen, not averaged away
+        save_strategy="steps" if tr.get("checkpoint", True) else "no",
+        save_steps=tr.get("save_steps") or eval_steps,
+        save_total_limit=2,  # the newest checkpoint may be cut short by a kill; the one before is complete
         report_to="none",
         seed=seed,
         bf16=tr.bf16,
@@ -109,6 +186,10 @@ def training_arguments(
         dataloader_num_workers=tr.dataloader_num_workers,
         train_sampling_strategy=tr.get("train_sampling_strategy", "random"),
         remove_unused_columns=False,
+        # True multiplies the loss by the process count whenever forward takes **kwargs, even when the
+        # head's loss is a plain batch mean (classification, QA): losses and gradients W times too large,
+        # the method's regulariser included. Per-process means averaged by DDP are the global mean.
+        average_tokens_across_devices=False,
         dataloader_pin_memory=torch.cuda.is_available(),
         disable_tqdm=True,
     )

@@ -39,6 +39,9 @@ class AdaLoRAMethodConfig:
             )
         if self.total_step is None or self.total_step < 1:
             raise ValueError("AdaLoRA needs total_step (optimizer steps T); the training loop fills it")
+        for name in ("tinit", "tfinal"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"method.{name} must be >= 0, got {getattr(self, name)}")
         if self.tinit + self.tfinal >= self.total_step:
             raise ValueError(
                 f"AdaLoRA schedule leaves no budgeting phase: tinit ({self.tinit}) + tfinal ({self.tfinal}) "
@@ -78,6 +81,22 @@ class AdaLoRA(PeftMethod):
         if after is not None and after is not before:
             return {"step": global_step, "total_rank": sum(self.live_ranks(model).values())}
         return None
+
+    def training_state(self, model: nn.Module) -> dict:
+        """peft's RankAllocator EMAs and the rank pattern it has fixed so far (None before tfinal)."""
+        allocator = model.base_model.rankallocator
+        return {
+            "ipt": dict(allocator.ipt),
+            "exp_avg_ipt": dict(allocator.exp_avg_ipt),
+            "exp_avg_unc": dict(allocator.exp_avg_unc),
+            "rank_pattern": model.peft_config["default"].rank_pattern,
+        }
+
+    def load_training_state(self, model: nn.Module, state: dict) -> None:
+        allocator = model.base_model.rankallocator
+        allocator.ipt, allocator.exp_avg_ipt = dict(state["ipt"]), dict(state["exp_avg_ipt"])
+        allocator.exp_avg_unc = dict(state["exp_avg_unc"])
+        model.peft_config["default"].rank_pattern = state["rank_pattern"]
 
     def live_ranks(self, model: nn.Module) -> dict[str, int]:
         """Live rank per module: True entries of peft's ``rank_pattern`` (init_r before the first mask)."""

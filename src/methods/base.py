@@ -10,6 +10,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import dataclasses
+import os
 from typing import Any, ClassVar
 
 import torch
@@ -19,6 +20,7 @@ METHODS: dict[str, type[AdapterMethod]] = {}
 # Keys of a method's YAML that select things (the method, the paper protocol of spec §6) rather than
 # configure it; they never reach the config dataclass.
 SELECTOR_KEYS = ("name", "protocol")
+TRAINING_STATE_FILE = "method_state.pt"  # allocator state in a training checkpoint
 
 
 def register(name: str):
@@ -45,8 +47,8 @@ class AdapterMethod(abc.ABC):
 
     name: ClassVar[str]
     config_class: ClassVar[type]
-    # Growing methods add parameters after DDP has wrapped the model; until that is synchronised
-    # and tested (spec §1.1), the loop refuses to run them on several processes.
+    # False makes the loop refuse WORLD_SIZE > 1. Every method here supports it: parameters grown
+    # after DDP has wrapped the model are synchronised by src/distributed.py.
     supports_distributed: ClassVar[bool] = True
 
     # -- configuration -------------------------------------------------------------------------
@@ -95,6 +97,38 @@ class AdapterMethod(abc.ABC):
 
     @abc.abstractmethod
     def budget(self, model: nn.Module) -> dict: ...
+
+    # -- resumable training (trainer.resume) -----------------------------------------------------
+    def training_state(self, model: nn.Module) -> dict:
+        """Allocator state that the weights do not carry (scores, EMAs, previous norms): tensors,
+        numbers, strings, lists and dicts only, so a checkpoint loads with ``weights_only=True``."""
+        return {}
+
+    def load_training_state(self, model: nn.Module, state: dict) -> None:
+        """Inverse of ``training_state``, on a model already restored by ``load_checkpoint``."""
+        if state:
+            raise ValueError(
+                f"method={self.name} keeps no allocator state, but the checkpoint has {sorted(state)}"
+            )
+
+    def save_checkpoint(self, model: nn.Module, directory: str) -> None:
+        """Everything needed to continue training ``model``: its adapter and the allocator state."""
+        self.save(model, directory)
+        torch.save(self.training_state(model), os.path.join(directory, TRAINING_STATE_FILE))
+
+    @abc.abstractmethod
+    def load_checkpoint(self, model: nn.Module, directory: str) -> None:
+        """Restore a ``save_checkpoint`` directory *into* ``model`` (fresh from ``apply`` with the same
+        config) in place: grown shapes, weights and allocator state, so the optimizer built next
+        sees exactly the parameters of the saved run."""
+
+    def _load_training_state_file(self, model: nn.Module, directory: str) -> None:
+        path = os.path.join(directory, TRAINING_STATE_FILE)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"{directory!r} has no {TRAINING_STATE_FILE}; it is not a training checkpoint"
+            )
+        self.load_training_state(model, torch.load(path, map_location="cpu", weights_only=True))
 
     # -- persistence and deployment ------------------------------------------------------------
     @abc.abstractmethod
@@ -152,6 +186,6 @@ def find_targets(model: nn.Module, target_modules: list[str], heads: list[str] =
         linear = sorted({n.split(".")[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})
         raise ValueError(
             f"no module of {type(model).__name__} matches target_modules {list(target_modules)}; "
-            f"its nn.Linear leaf names are {linear}"
+            f"its nn.Linear leaf names are {linear}; set backbone.target_modules to some of them"
         )
     return matched

@@ -34,7 +34,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from src.methods.base import AdapterMethod, find_targets
-from src.schedule import restart_warmup
+from src.schedule import group_lambda
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -397,6 +397,8 @@ def add_param_group(
     group = {k: copy.deepcopy(v) for k, v in template.items() if k not in ("params", "param_names")}
     base_lr = template.get("initial_lr", template["lr"])
     group.update(params=list(params), lr=base_lr, name=name or f"grown@{birth_step}")
+    # how to rebuild this group's LR lambda when a checkpoint is resumed (src.schedule.group_lambda)
+    group["lr_schedule"] = {"kind": new_params_lr, "birth_step": birth_step, "total_step": total_step}
     if lr_scheduler is not None:
         group["initial_lr"] = base_lr
     optimizer.add_param_group(group)
@@ -408,23 +410,8 @@ def add_param_group(
             f"{type(scheduler).__name__} cannot schedule parameter groups added during training; "
             "use src.schedule.GroupLambdaLR"
         )
-    if new_params_lr == "follow":
-        scheduler.add_group(None)
-    elif new_params_lr == "static":
-        scheduler.add_group(_constant_one)
-    else:
-        warmup = getattr(scheduler.default_lambda, "warmup_steps", None)
-        if warmup is None:
-            raise ValueError(
-                "new_params_lr=restart_warmup needs the global warmup length; build the scheduler "
-                "with src.schedule.linear_warmup_decay"
-            )
-        scheduler.add_group(restart_warmup(birth_step, warmup, total_step))
+    scheduler.add_group(group_lambda(group["lr_schedule"], scheduler.default_lambda))
     return optimizer.param_groups[-1]
-
-
-def _constant_one(step: int) -> float:
-    return 1.0
 
 
 def budget_report(model: nn.Module, target_total_rank: int | None) -> dict:
@@ -521,6 +508,12 @@ def load_adapter(method, base_model: nn.Module, directory: str) -> nn.Module:
         warnings.warn(f"adapter was trained on {saved_base!r}, loading onto {current!r}", stacklevel=2)
     config = method.make_config(meta["config"])  # names unknown fields instead of a bare TypeError
     model = method.apply(base_model, config)
+    restore_adapter(method, model, meta, directory)
+    return model
+
+
+def restore_adapter(method, model: nn.Module, meta: dict, directory: str) -> None:
+    """Grow a freshly injected ``model`` to the saved pattern and load the saved tensors strictly."""
     layers = adapter_layers(model)
     pattern = meta.get("rank_pattern")
     check_rank_pattern(pattern, layers)
@@ -528,7 +521,6 @@ def load_adapter(method, base_model: nn.Module, directory: str) -> nn.Module:
         layers[name].restore_blocks(list(blocks))
     method.restore_extra(model, meta, directory)  # e.g. IncreLoRA's spares: more shapes to rebuild
     load_adapter_state(model, load_file(os.path.join(directory, WEIGHTS_FILE)))
-    return model
 
 
 def check_rank_pattern(pattern, layers: dict[str, AdapterLinear]) -> None:
@@ -581,8 +573,6 @@ class GrowingAdapterMethod(AdapterMethod):
     ``target_total_rank`` in ``model.adapter_info.state`` for the budget report.
     """
 
-    supports_distributed = False  # parameters born after DDP wrapping are not synchronised yet
-
     def restore_extra(self, model: nn.Module, meta: dict, directory: str) -> None:
         """Rebuild method-specific shapes from the saved config before the strict load (none here)."""
 
@@ -598,6 +588,10 @@ class GrowingAdapterMethod(AdapterMethod):
 
     def load(self, base_model: nn.Module, directory: str) -> nn.Module:
         return load_adapter(self, base_model, directory)
+
+    def load_checkpoint(self, model: nn.Module, directory: str) -> None:
+        restore_adapter(self, model, read_adapter_config(directory), directory)
+        self._load_training_state_file(model, directory)
 
     def merge(self, model: nn.Module) -> None:
         merge(model)

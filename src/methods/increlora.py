@@ -94,7 +94,8 @@ class IncreLoRAConfig:
         if self.total_step <= self.init_warmup:
             raise ValueError(
                 f"total_step ({self.total_step}) must exceed init_warmup ({self.init_warmup}), "
-                f"otherwise no rank is ever allocated"
+                "otherwise no rank is ever allocated; lower method.init_warmup or train longer "
+                "(trainer.max_steps / trainer.num_train_epochs)"
             )
         if self.score_norm not in SCORE_NORMS:
             raise ValueError(f"method.score_norm must be one of {SCORE_NORMS}, got {self.score_norm!r}")
@@ -481,6 +482,27 @@ class IncreLoRA(common.GrowingAdapterMethod):
                 "growth_done": not self.growing(model),
             },
         )
+
+    def training_state(self, model: nn.Module) -> dict:
+        """Per module: the sensitivity EMAs Ī, Ū, the gradient sum G and the growth flag."""
+        return {
+            name: {
+                "exp_avg_ipt": layer.exp_avg_ipt,
+                "exp_avg_unc": layer.exp_avg_unc,
+                "grad_sum": layer.grad_sum,
+                "growing": layer.growing,
+            }
+            for name, layer in self.layers(model).items()
+        }
+
+    def load_training_state(self, model: nn.Module, state: dict) -> None:
+        layers = self.layers(model)
+        if set(state) != set(layers):
+            raise ValueError("increlora checkpoint: allocator state names other modules than the model's")
+        for name, layer in layers.items():
+            saved = state[name]
+            layer.exp_avg_ipt, layer.exp_avg_unc = saved["exp_avg_ipt"], saved["exp_avg_unc"]
+            layer.grad_sum, layer.growing = saved["grad_sum"], bool(saved["growing"])
 
     def restore_extra(self, model: nn.Module, meta: dict, directory: str) -> None:
         """The spares' sizes and the end of growth, which the rank pattern alone does not say."""

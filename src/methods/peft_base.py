@@ -7,11 +7,16 @@ methods only translate the contract's calls and compute the budget from the live
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import peft
+import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
-from src.methods.base import AdapterMethod, find_targets
+from src.methods.base import TRAINING_STATE_FILE, AdapterMethod, find_targets
+
+CHECKPOINT_WEIGHTS = "trainable.safetensors"
 
 
 class PeftMethod(AdapterMethod):
@@ -71,6 +76,34 @@ class PeftMethod(AdapterMethod):
     # -- persistence and deployment ------------------------------------------------------------
     def save(self, model: nn.Module, directory: str) -> None:
         model.save_pretrained(directory)
+
+    def save_checkpoint(self, model: nn.Module, directory: str) -> None:
+        # peft's save_pretrained may shrink AdaLoRA tensors to the rank pattern; a checkpoint keeps
+        # the full trainable tensors so the resumed optimizer state matches them one to one.
+        os.makedirs(directory, exist_ok=True)
+        tensors = {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
+        save_file(tensors, os.path.join(directory, CHECKPOINT_WEIGHTS))
+        torch.save(self.training_state(model), os.path.join(directory, TRAINING_STATE_FILE))
+
+    def load_checkpoint(self, model: nn.Module, directory: str) -> None:
+        path = os.path.join(directory, CHECKPOINT_WEIGHTS)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"{directory!r} has no {CHECKPOINT_WEIGHTS}; it is not a training checkpoint"
+            )
+        state = load_file(path)
+        params = dict(model.named_parameters())
+        expected = {n for n, p in params.items() if p.requires_grad}
+        if set(state) != expected or any(params[n].shape != t.shape for n, t in state.items()):
+            raise ValueError(
+                f"checkpoint {directory!r} does not match the model: it was written with another "
+                "method config or backbone (missing "
+                f"{sorted(expected - set(state))[:3]}, unexpected {sorted(set(state) - expected)[:3]})"
+            )
+        with torch.no_grad():
+            for name, tensor in state.items():
+                params[name].copy_(tensor)
+        self._load_training_state_file(model, directory)
 
     def load(self, base_model: nn.Module, directory: str) -> nn.Module:
         loaded = peft.PeftModel.from_pretrained(base_model, directory)

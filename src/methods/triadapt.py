@@ -79,7 +79,8 @@ class TriAdaptConfig:
         if self.total_step <= self.init_warmup:
             raise ValueError(
                 f"triadapt: total_step={self.total_step} must exceed init_warmup={self.init_warmup}, "
-                "otherwise no rank is ever allocated"
+                "otherwise no rank is ever allocated; lower method.init_warmup or train longer "
+                "(trainer.max_steps / trainer.num_train_epochs)"
             )
         for field, low in (
             ("init_rank", 1),
@@ -480,6 +481,16 @@ class TriAdaptLoRA(common.GrowingAdapterMethod):
             "target_total_rank": target_total,
             "new_params": sum(p.numel() for p in new_params),
         }
+
+    def training_state(self, model: nn.Module) -> dict:
+        state = common.get_info(model).state
+        return {"norm_prev": dict(state["norm_prev"]), "events": state["events"]}
+
+    def load_training_state(self, model: nn.Module, state: dict) -> None:
+        info = common.get_info(model)
+        if set(state["norm_prev"]) != set(info.state["norm_prev"]):
+            raise ValueError("triadapt checkpoint: norm_prev names other modules than the model's")
+        info.state.update(norm_prev=dict(state["norm_prev"]), events=int(state["events"]))
 
     def load(self, base_model: nn.Module, directory: str) -> nn.Module:
         with warnings.catch_warnings():

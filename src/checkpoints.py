@@ -1,0 +1,109 @@
+"""Where a run's training checkpoints live, which of them are complete, and whose they are.
+
+A run's checkpoints go to ``<paths.checkpoints_dir>/<run_id>/checkpoint-<step>/`` (a stable place:
+the Hydra output folder changes with every launch, so ``trainer.resume=true`` could not find it).
+The folder's ``run_config.json`` names the config it belongs to, so a reused ``run_id`` with another
+config is refused instead of silently resuming the wrong run. The Trainer does not write a checkpoint
+atomically; ``COMPLETE`` is written last, and only marked checkpoints are resumed from.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+from src.records import atomic_write_json, config_hash
+
+COMPLETE = "COMPLETE"
+RUN_CONFIG = "run_config.json"
+GROUPS_FILE = "param_groups.json"  # parameter names per optimizer group, in order
+RECORD_FILE = "run_record.json"  # the run record as of the checkpoint's step
+_STEP = re.compile(r"^checkpoint-(\d+)$")
+
+
+def complete_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Marked checkpoint folders of a run, oldest first."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    found = [
+        (int(m.group(1)), p)
+        for p in run_dir.iterdir()
+        if (m := _STEP.match(p.name)) and (p / COMPLETE).is_file()
+    ]
+    return [p for _, p in sorted(found)]
+
+
+def checkpoint_step(path: str | Path) -> int:
+    return int(_STEP.match(Path(path).name).group(1))
+
+
+def mark_complete(checkpoint: str | Path) -> None:
+    (Path(checkpoint) / COMPLETE).write_text("ok\n")
+
+
+def prepare_run_dir(run_dir: str | Path, config: dict, resume: bool, main: bool = True) -> Path | None:
+    """Claim ``run_dir`` for ``config``; return the checkpoint to resume from (None: start afresh).
+
+    Raises ValueError when the folder belongs to a different config. Without ``resume``, checkpoints
+    of an earlier attempt of the same config are removed (by the ``main`` process) so they cannot be
+    mixed with this one.
+    """
+    run_dir = Path(run_dir)
+    claim = run_dir / RUN_CONFIG
+    digest = config_hash(config)
+    if claim.is_file():
+        owner = json.loads(claim.read_text()).get("config_hash")
+        if owner != digest:
+            raise ValueError(
+                f"checkpoint folder {run_dir} belongs to another config (hash {owner}, this run {digest}); "
+                "choose another run_id, or delete the folder to start over"
+            )
+    latest = complete_checkpoints(run_dir)
+    if resume and latest:
+        return latest[-1]
+    if not main:  # other processes of a multi-process run read; only the main one clears and claims
+        return None
+    for stale in run_dir.glob("checkpoint-*"):
+        shutil.rmtree(stale)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(claim, {"config_hash": digest, "config": config})
+    return None
+
+
+def write_groups(checkpoint: str | Path, optimizer, model) -> None:
+    """Parameter names of each optimizer group: a resumed run rebuilds the same groups in order."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    groups = []
+    for g in optimizer.param_groups:
+        missing = [i for i, p in enumerate(g["params"]) if id(p) not in names]
+        if missing:
+            raise RuntimeError(f"optimizer group {g.get('name')!r} holds parameters that the model does not")
+        groups.append(
+            {
+                "name": g.get("name"),
+                "lr_schedule": g.get("lr_schedule"),  # the scheduler is rebuilt before the state loads
+                "params": [names[id(p)] for p in g["params"]],
+            }
+        )
+    atomic_write_json(Path(checkpoint) / GROUPS_FILE, groups)
+
+
+def read_groups(checkpoint: str | Path, model) -> list[dict]:
+    """Optimizer groups (params by name) as saved; hyperparameters come from the optimizer state."""
+    path = Path(checkpoint) / GROUPS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{checkpoint} has no {GROUPS_FILE}; it was not written by this project")
+    params = dict(model.named_parameters())
+    groups = []
+    for saved in json.loads(path.read_text()):
+        unknown = [n for n in saved["params"] if n not in params]
+        if unknown:
+            raise ValueError(f"checkpoint {checkpoint} names parameters the model lacks: {unknown[:3]}")
+        group = {"name": saved["name"], "params": [params[n] for n in saved["params"]]}
+        if saved.get("lr_schedule"):
+            group["lr_schedule"] = saved["lr_schedule"]
+        groups.append(group)
+    return groups

@@ -1,0 +1,163 @@
+"""Multi-process training (``torchrun``, ``accelerate launch``) for every method, growing ones included.
+
+transformers' Trainer wraps the model in DDP, whose reducer averages the gradients of the parameters
+that were trainable when it was built. Growth breaks that: TriAdaptLoRA appends blocks, IncreLoRA
+creates spares, splits them, and starts training a spare's E, all after wrapping. Left alone, those
+gradients stay per-process and the processes drift apart. What keeps them identical:
+
+1. ``after_event`` (after every allocation event, on every process): checks that all processes made
+   the same decision (rank pattern, names and shapes of the new tensors; a clear error otherwise),
+   broadcasts the new tensors from rank 0 so their initial values never depend on a process's RNG,
+   and gives every newly trainable parameter a post-accumulate-grad hook that averages its gradient
+   over the processes. The hook runs inside backward, so the average exists before the Trainer clips
+   (transformers 5 runs ``_clip_grad_norm``, then ``on_pre_optimizer_step``, ``optimizer.step`` and
+   ``on_optimizer_step``: every callback is too late). Under gradient accumulation the hook averages
+   the running sum at each micro-batch: avg(avg(g1) + g2) = avg(g1) + avg(g2), one average of the total.
+2. ``before_method_step`` (every optimizer step): averages gradients captured outside parameters,
+   which DDP never sees: IncreLoRA's G = ∂L/∂ΔW, summed by a tensor hook into a layer's ``grad_sum``.
+   The mean of per-process G over equal local batches is the G of the global batch.
+3. Everything else a decision reads is identical on every process already: weights (TriAdaptLoRA's
+   ‖L + U‖), DDP-averaged gradients of parameters that exist from the start (AdaLoRA's |w·∇w|, read in
+   ``on_optimizer_step`` before ``zero_grad``), and the averaged G above. An all-reduce leaves the same
+   bits on every process, so decisions agree without further communication.
+
+``check_consistent`` proves it at the end: a digest of the trained tensors, of every parameter's
+name and shape, and of the rank pattern must be equal on all processes.
+
+Collectives are issued in the same order everywhere because every process runs the same graph and
+autograd fires hooks in a deterministic order. Only the main process writes (``is_main_process``:
+the run record, W&B, the saved adapter); every process runs the loop. Two things make a
+multi-process run train what one process would train on the same global batch. ``configure_launch``
+makes accelerate distribute on CPU, and ``before_method_step`` refuses a Trainer that did not
+distribute. ``training_arguments`` turns off transformers' loss scaling by the process count
+(``average_tokens_across_devices``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+CAPTURED_GRAD_ATTR = "grad_sum"  # a module's per-process gradient sum outside autograd (IncreLoRA)
+_BOOK_ATTR = "_distributed_book"  # per-model bookkeeping, kept on the model like adapter_info
+
+
+def launched_processes() -> int:
+    """World size as set by the launcher; readable before the Trainer initialises the process group."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def configure_launch(processes: int) -> None:
+    """Call before TrainingArguments. Without a GPU, accelerate distributes (gloo) only when told to use
+    the CPU; otherwise every process would silently train alone on all the data."""
+    if processes > 1 and not torch.cuda.is_available():
+        os.environ.setdefault("ACCELERATE_USE_CPU", "true")
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+class _Book:
+    """Parameters already equal on every process, and those whose gradients are already averaged.
+
+    Created at the first optimizer step, before any growth: then every parameter was synchronised
+    when DDP wrapped the model, and exactly the trainable ones are in its reducer.
+    """
+
+    def __init__(self, model: nn.Module):
+        params = list(model.parameters())
+        self.synced = {id(p): p for p in params}  # strong references: ids cannot be reused
+        self.averaged = {id(p): p for p in params if p.requires_grad}
+
+
+def _book(model: nn.Module) -> _Book:
+    if _BOOK_ATTR not in model.__dict__:
+        model.__dict__[_BOOK_ATTR] = _Book(model)  # __dict__: no nn.Module or peft attribute magic
+    return model.__dict__[_BOOK_ATTR]
+
+
+def _average_grad(param: torch.Tensor) -> None:
+    dist.all_reduce(param.grad)  # SUM: gloo has no AVG
+    param.grad.div_(dist.get_world_size())
+
+
+def before_method_step(model: nn.Module, trainer_processes: int) -> None:
+    """Average what the method's scores read and DDP does not; call before ``method.step``."""
+    if trainer_processes != launched_processes():
+        raise RuntimeError(
+            f"{launched_processes()} processes were launched but the Trainer trains on {trainer_processes}: "
+            "each would train alone on all the data (on CPU, set ACCELERATE_USE_CPU=true)"
+        )
+    if world_size() == 1:
+        return
+    _book(model)
+    captured = [g for m in model.modules() if torch.is_tensor(g := getattr(m, CAPTURED_GRAD_ATTR, None))]
+    if captured:
+        flat = torch.cat([g.reshape(-1) for g in captured])  # one collective, not one per module
+        dist.all_reduce(flat)
+        flat.div_(dist.get_world_size())
+        for g, part in zip(captured, flat.split([g.numel() for g in captured]), strict=True):
+            g.copy_(part.view_as(g))
+
+
+def after_event(model: nn.Module, rank_pattern: dict) -> None:
+    """After an allocation event: agree, broadcast new tensors, average new gradients from now on."""
+    if world_size() == 1:
+        return
+    book = _book(model)
+    fresh = [(name, p) for name, p in model.named_parameters() if id(p) not in book.synced]
+    decision = {"ranks": rank_pattern, "new": [(name, list(p.shape)) for name, p in fresh]}
+    decisions = [None] * dist.get_world_size()
+    dist.all_gather_object(decisions, decision)
+    if any(d != decisions[0] for d in decisions):
+        raise RuntimeError(
+            "processes made different allocation decisions; their scores were not synchronised: "
+            + "; ".join(f"rank {r}: {d['ranks']}" for r, d in enumerate(decisions))
+        )
+    with torch.no_grad():
+        for _, p in fresh:
+            dist.broadcast(p.data, src=0)
+            book.synced[id(p)] = p
+    for p in model.parameters():
+        if p.requires_grad and id(p) not in book.averaged:
+            p.register_post_accumulate_grad_hook(_average_grad)
+            book.averaged[id(p)] = p
+
+
+def digest(model: nn.Module, rank_pattern: dict) -> str:
+    """sha256 of the rank pattern, every parameter's name and shape, and the trainable values."""
+    h = hashlib.sha256(json.dumps(rank_pattern, sort_keys=True).encode())
+    for name, p in model.named_parameters():
+        h.update(f"{name}{tuple(p.shape)}{p.dtype}".encode())
+        if p.requires_grad:  # frozen base weights never change after DDP's initial broadcast
+            h.update(p.detach().reshape(-1).view(torch.uint8).cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def check_consistent(model: nn.Module, rank_pattern: dict) -> dict | None:
+    """``{"world_size", "consistent", "digest"}`` when every process holds the same adapter; raises if not.
+
+    None on a single process. Collective: every process must call it.
+    """
+    n = world_size()
+    if n == 1:
+        return None
+    mine = digest(model, rank_pattern)
+    digests = [None] * n
+    dist.all_gather_object(digests, mine)
+    if len(set(digests)) > 1:
+        raise RuntimeError(
+            f"the {n} processes ended with different adapters (digests {digests}); their gradients "
+            "or allocation decisions were not synchronised"
+        )
+    return {"world_size": n, "consistent": True, "digest": mine}

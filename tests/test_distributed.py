@@ -1,0 +1,100 @@
+"""Two processes (torchrun, gloo on CPU) train what one process trains with the same global batch.
+
+Sequential sampling gives both runs the same examples per optimizer step (rank r takes every other
+batch of B, the single run batches of 2B); dropout is off, so the only difference left is fp32
+summation order (two half-batch gradients averaged vs one full batch, other padding lengths).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+from safetensors.torch import load_file
+
+from src.train import train
+from tests.conftest import ROOT
+
+pytestmark = [pytest.mark.slow, pytest.mark.heavy]
+BATCH = 4  # per process; the single-process run uses 2 * BATCH
+GROWTH = ["budget=r2", "method.init_warmup=2", "method.incre_interval=2"]  # events at steps 4, 6, 8
+METHODS = {
+    "triadapt": GROWTH,
+    # k=5, top_h=3 reach R* = 24 at step 4 with a clipped growth of 2: a spare is split into new tensors
+    "increlora": [*GROWTH, "method.incre_rank_num=5", "method.top_h=3"],
+    "adalora": ["budget=r2", "method.deltaT=2"],  # masks at steps 2, 4, 6, 8 from DDP-averaged gradients
+}
+DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "pooler_dropout", "cls_dropout")
+# Observed differences are ~2e-7; one Adam step moves a weight by ~lr = 5e-4, so a tensor whose
+# gradient was not averaged (or was initialised differently) would be off by far more than this.
+ATOL = 1e-5
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_args(shared_data, method: str) -> list[str]:
+    return [
+        "backbone=tiny-deberta",
+        "task=rte",
+        f"task.data_dir={shared_data}/glue/rte",
+        f"method={method}",
+        *METHODS[method],
+        "task.max_train_samples=64",  # one epoch of 8 steps at the global batch of 8
+        "task.max_eval_samples=16",
+        "trainer.max_steps=8",
+        "trainer.eval_steps=8",
+        "trainer.train_sampling_strategy=sequential",
+        "trainer.checkpoint=false",
+        "logger=none",
+        *[f"+backbone.config_overrides.{key}=0.0" for key in DROPOUT_KEYS],
+    ]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_two_processes_match_one_process_with_the_same_global_batch(
+    cfg_factory, shared_data, tmp_path, method
+):
+    args = run_args(shared_data, method)
+    ddp_root = tmp_path / "ddp"
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    proc = subprocess.run(
+        [*launch, "--master_port", str(free_port()), "-m", "src.train", *args]
+        + [f"trainer.per_device_train_batch_size={BATCH}", f"paths.root_dir={ddp_root}"]
+        + [f"paths.output_dir={ddp_root}/out", "run_id=ddp"],
+        cwd=ROOT,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ddp = json.loads((ddp_root / "results" / "runs" / "ddp.json").read_text())
+    single = train(cfg_factory(*args, f"trainer.per_device_train_batch_size={2 * BATCH}", "run_id=single"))
+
+    assert (
+        ddp["status"] == "ok" and ddp["distributed"]["world_size"] == 2 and ddp["distributed"]["consistent"]
+    )
+    assert "distributed" not in single
+    assert ddp["events"] and [e["step"] for e in ddp["events"]] == [e["step"] for e in single["events"]]
+    assert ddp["rank_patterns"] == single["rank_patterns"]  # every allocation decision, not just the last
+    # the loss is a per-process mean averaged over processes, not scaled by the process count
+    assert ddp["final"]["loss"] == pytest.approx(single["final"]["loss"], abs=ATOL)
+
+    weights = {
+        name: load_file(root / "out" / "adapter" / "adapter_model.safetensors")
+        for name, root in (("ddp", ddp_root), ("single", tmp_path))
+    }
+    assert weights["ddp"].keys() == weights["single"].keys()
+    for key, tensor in weights["single"].items():
+        assert weights["ddp"][key].shape == tensor.shape, key
+        if tensor.numel():  # peft drops masked AdaLoRA ranks, leaving some tensors empty
+            diff = (weights["ddp"][key] - tensor).abs().max().item()
+            assert diff <= ATOL, f"{key}: max |ddp - single| = {diff:.2e}"

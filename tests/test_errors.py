@@ -1,0 +1,235 @@
+"""Bad input fails with one actionable line; in a multirun a failed job is recorded and summarised."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from src.data import DataError
+from src.hub import HubUnavailableError
+from src.hydra_callbacks import format_summary, summarise_sweep
+from src.train import train
+from tests.test_end_to_end import cli, records
+
+TINY = ["backbone=tiny-deberta", "task=rte", "logger=none", "save_adapter=false", "method=lora"]
+SHORT = [
+    "trainer.max_steps=2",
+    "trainer.eval_steps=2",
+    "task.max_train_samples=16",
+    "task.max_eval_samples=8",
+]
+
+
+def small_rte(shared_data: Path, dest: Path, train_lines: int = 30) -> Path:
+    """A few lines of the real RTE files, for corrupting."""
+    dest.mkdir()
+    for split, n in (("train", train_lines), ("validation", 10)):
+        lines = (shared_data / "glue" / "rte" / f"{split}.jsonl").read_text().splitlines(keepends=True)
+        (dest / f"{split}.jsonl").write_text("".join(lines[:n]))
+    return dest
+
+
+def corrupt_line(path: Path, number: int) -> None:
+    lines = path.read_text().splitlines(keepends=True)
+    lines[number - 1] = lines[number - 1][:40] + "\n"  # cut inside the first string: unterminated
+    path.write_text("".join(lines))
+
+
+def failed_record(tmp_path: Path) -> dict:
+    [record] = records(tmp_path)
+    assert record["status"] == "failed"
+    return record
+
+
+def test_malformed_jsonl_names_the_file_and_the_line(cfg_factory, shared_data, tmp_path):
+    data = small_rte(shared_data, tmp_path / "rte")
+    corrupt_line(data / "train.jsonl", 7)
+    with pytest.raises(DataError, match=r"rte/train\.jsonl: line 7 is not valid JSON .*; fix or delete"):
+        train(cfg_factory(*TINY, *SHORT, f"task.data_dir={data}"))
+    assert "line 7" in failed_record(tmp_path)["error"]
+
+
+@pytest.mark.parametrize(
+    "make_dir,match",
+    [
+        (lambda root: root / "missing", r"'.*/missing' is not a directory; point it at a folder"),
+        (
+            lambda root: root / "empty",
+            r"'.*/empty' is empty; expected train\.jsonl and validation\.jsonl \(or \.json/\.parquet/\.csv\)",
+        ),
+    ],
+    ids=["missing", "empty"],
+)
+def test_missing_or_empty_data_dir(cfg_factory, tmp_path, make_dir, match):
+    data_dir = make_dir(tmp_path)
+    if data_dir.name == "empty":
+        data_dir.mkdir()
+    with pytest.raises(DataError, match=rf"task\.data_dir={match}"):
+        train(cfg_factory(*TINY, *SHORT, f"task.data_dir={data_dir}"))
+
+
+@pytest.mark.parametrize(
+    "override,match",
+    [
+        (
+            "task.eval_splits.validation=dev",
+            r"no file for split 'dev' .*present: \['train\.jsonl', 'validation\.jsonl'\]\); "
+            r"add it or set task\.train_split / task\.eval_splits",
+        ),
+        (
+            "task.label_field=gold",
+            r"lacks column\(s\) \['gold'\]; it has .*set task\.text_fields / task\.label_field",
+        ),
+    ],
+    ids=["split", "column"],
+)
+def test_unknown_split_or_column(cfg_factory, shared_data, override, match):
+    with pytest.raises(DataError, match=match):
+        train(cfg_factory(*TINY, *SHORT, f"task.data_dir={shared_data}/glue/rte", override))
+
+
+def test_target_modules_matching_nothing_list_the_linear_names(cfg_factory, shared_data, tmp_path):
+    cfg = cfg_factory(
+        *TINY, *SHORT, f"task.data_dir={shared_data}/glue/rte", "backbone.target_modules=[q_proj]"
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"matches target_modules \['q_proj'\]; its nn\.Linear leaf names are \[.*'query_proj'.*\]; "
+        r"set backbone\.target_modules",
+    ):
+        train(cfg)
+    assert failed_record(tmp_path)["error"].startswith("ValueError: no module of")
+
+
+@pytest.mark.parametrize(
+    "method,overrides,match",
+    [
+        (
+            "triadapt",
+            ["method.init_warmup=5"],
+            r"total_step=2 must exceed init_warmup=5.*lower method\.init_warmup",
+        ),
+        ("triadapt", ["method.init_warmup=0", "method.incre_interval=0"], r"incre_interval=0 must be >= 1"),
+        (
+            "increlora",
+            ["method.init_warmup=0", "method.incre_interval=0"],
+            r"method\.incre_interval must be >= 1",
+        ),
+        (
+            "increlora",
+            ["method.init_warmup=2"],
+            r"total_step \(2\) must exceed init_warmup \(2\).*train longer",
+        ),
+        (
+            "adalora",
+            ["method.tinit=1", "method.tfinal=1"],
+            r"tinit \(1\) \+ tfinal \(1\) >= total_step \(2\)",
+        ),
+        ("adalora", ["method.tinit=-1"], r"method\.tinit must be >= 0, got -1"),
+    ],
+)
+def test_impossible_schedule_names_the_fields(cfg_factory, shared_data, method, overrides, match):
+    cfg = cfg_factory(*TINY, *SHORT, f"task.data_dir={shared_data}/glue/rte", f"method={method}", *overrides)
+    with pytest.raises(ValueError, match=match):
+        train(cfg)
+
+
+def test_hub_name_while_offline_names_it_and_the_local_override(cfg_factory, shared_data):
+    cfg = cfg_factory(
+        *TINY, *SHORT, f"task.data_dir={shared_data}/glue/rte", "backbone=minilm-l6",
+        "backbone.pretrained=nobody/missing-model",
+    )  # fmt: skip
+    with pytest.raises(
+        HubUnavailableError, match=r"'nobody/missing-model'.*offline.*supply local files with `backbone\."
+    ):
+        train(cfg)
+
+
+def test_nan_loss_stops_the_run_with_the_step_and_the_learning_rate(cfg_factory, shared_data, tmp_path):
+    cfg = cfg_factory(
+        *TINY, *SHORT, f"task.data_dir={shared_data}/glue/rte", "trainer.max_steps=4",
+        "trainer.logging_steps=1", "trainer.learning_rate=1e9",
+    )  # fmt: skip
+    with pytest.raises(
+        FloatingPointError, match=r"^loss is nan at step \d; lower trainer\.learning_rate \(now 1e\+09\)"
+    ):
+        train(cfg)
+    assert failed_record(tmp_path)["error"].startswith("FloatingPointError: loss is nan")
+
+
+def test_summary_counts_a_job_that_never_reported_as_failed(tmp_path):
+    for job, status in (("0", {"status": "ok", "error": None}), ("1", None)):
+        (tmp_path / job / ".hydra").mkdir(parents=True)
+        (tmp_path / job / ".hydra" / "overrides.yaml").write_text(f"- seed={job}\n- task=rte\n")
+        if status:
+            (tmp_path / job / "status.json").write_text(
+                json.dumps({"run_id": "r0", **status, "record": None, "overrides": ["seed=0", "task=rte"]})
+            )
+    summary = summarise_sweep(tmp_path)
+    assert (summary["ok"], summary["failed"]) == (1, 1)
+    assert summary["failures"][0]["overrides"] == ["seed=1", "task=rte"]
+    assert format_summary(summary).splitlines()[1] == (
+        "  failed: seed=1: no status.json: the job was killed, timed out or is still running"
+    )
+
+
+# -- through the command line ---------------------------------------------------------------------
+@pytest.mark.slow
+def test_cli_malformed_jsonl_is_one_error_line(shared_data, tmp_path):
+    data = small_rte(shared_data, tmp_path / "rte")
+    corrupt_line(data / "validation.jsonl", 3)
+    proc = cli(*TINY, *SHORT, f"task.data_dir={data}", f"paths.root_dir={tmp_path}")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: {data}/validation.jsonl: line 3 is not valid JSON"), last
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "group,choices", [("backbone", ["tiny-deberta", "minilm-l6"]), ("task", ["rte", "mrpc"])]
+)
+def test_cli_unknown_option_lists_the_choices(tmp_path, group, choices):
+    proc = cli(f"{group}=nope", f"paths.root_dir={tmp_path}")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert f"Could not find '{group}/nope'" in proc.stderr
+    listed = proc.stderr.split(f"Available options in '{group}':")[1].split()
+    assert set(choices) <= set(listed)
+
+
+@pytest.mark.slow
+def test_cli_nan_loss_is_one_error_line(shared_data, tmp_path):
+    proc = cli(
+        *TINY, *SHORT, f"task.data_dir={shared_data}/glue/rte", "trainer.max_steps=4",
+        "trainer.logging_steps=1", "trainer.learning_rate=1e9", f"paths.root_dir={tmp_path}",
+    )  # fmt: skip
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: loss is nan at step")
+
+
+@pytest.mark.slow
+def test_multirun_with_a_diverging_job_summarises_the_failure(shared_data, tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = cli(
+        "-m", *TINY, *SHORT, f"task.data_dir={shared_data}/glue/rte", "trainer.max_steps=4",
+        "trainer.logging_steps=1", "trainer.learning_rate=5e-4,1e9", f"paths.root_dir={tmp_path}",
+        f"hydra.sweep.dir={sweep}",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    by_status = {r["status"]: r for r in records(tmp_path)}
+    assert set(by_status) == {"ok", "failed"}
+    assert by_status["failed"]["error"].startswith("FloatingPointError: loss is nan at step")
+    assert by_status["failed"]["config"]["trainer"]["learning_rate"] == 1e9
+    statuses = {p.parent.name: json.loads(p.read_text()) for p in sweep.glob("*/status.json")}
+    assert {s["status"] for s in statuses.values()} == {"ok", "failed"}
+    assert all(Path(s["record"]).is_file() for s in statuses.values())
+    summary = json.loads((sweep / "summary.json").read_text())
+    assert (summary["ok"], summary["failed"]) == (1, 1)
+    [failure] = summary["failures"]
+    assert (
+        failure["run_id"] == by_status["failed"]["run_id"]
+        and "trainer.learning_rate=1000000000.0" in failure["overrides"]
+    )
+    assert "1 ok, 1 failed" in proc.stdout
+    assert "  failed: trainer.learning_rate=1000000000.0: FloatingPointError: loss is nan" in proc.stdout
