@@ -32,6 +32,7 @@ PLANNED_SEEDS = {"rte": 5, "mrpc": 5, "stsb": 3, "cola": 3, "sst2": 3}  # script
 DEFAULT = "default"
 CI = 0.95
 BOOTSTRAP_RESAMPLES = 10_000
+WALL_TIME_MARGIN = 0.10  # relative-to-LoRA wall-time gaps smaller than this are load noise
 
 
 # -- records -> one row per run ------------------------------------------------------------------
@@ -327,7 +328,9 @@ def claims(main, pairs_vs_lora, stds, relative, ablations) -> list[str]:
         f"zero in {counts['better']} cells, below zero in {counts['worse']}, and contains zero in "
         f"{counts['unresolved']}. "
         + (
-            "**Holds at this scale.**"
+            "**Not testable yet**: no cell has two seeds of both methods."
+            if not any(p["diff"] for p in tri)
+            else "**Holds at this scale.**"
             if counts["better"] > len(tri) / 2 and counts["worse"] == 0
             else "**Not supported at this scale**: the differences are mostly within seed noise."
             if counts["worse"] == 0
@@ -349,12 +352,23 @@ def claims(main, pairs_vs_lora, stds, relative, ablations) -> list[str]:
     if relative:
         adaptive = {m: r for m, r in relative.items() if m in ("adalora", "increlora") and not math.isnan(r)}
         tri_rel = relative.get("triadapt", float("nan"))
-        holds = adaptive and not math.isnan(tri_rel) and all(tri_rel < r for r in adaptive.values())
+        # Whole runs on a machine other jobs share: only a gap beyond the load noise means anything.
+        margin = WALL_TIME_MARGIN
+        if not adaptive or math.isnan(tri_rel):
+            verdict_text = "**Not testable yet.**"
+        elif all(tri_rel < r - margin for r in adaptive.values()):
+            verdict_text = "**Holds**."
+        elif any(tri_rel > r + margin for r in adaptive.values()):
+            verdict_text = "**Does not hold** here."
+        else:
+            verdict_text = (
+                f"**Not resolved**: the gaps are within the ±{margin:.2f} that machine load explains."
+            )
         lines.append(
             "3. **Less overhead than the other adaptive methods.** Wall time per step relative to LoRA: "
             + ", ".join(f"{METHOD_LABEL[m]} {r:.2f}×" for m, r in relative.items() if not math.isnan(r))
-            + (". **Holds**." if holds else ". **Does not hold** here.")
-            + " (CPU wall time of whole runs, evaluation included; see also results/bench/.)"
+            + f". {verdict_text} (Whole runs, evaluation included, on a 2-core machine shared with other "
+            "jobs; the controlled per-step measurement is results/bench/overhead_cpu_*.md.)"
         )
     schedules = [a for a in ablations if a["variant"].startswith("schedule=")]
     if schedules:

@@ -74,12 +74,22 @@ def test_render_reports_means_pairs_and_computed_claims():
     assert "| RTE | 8 | TriAdaptLoRA | +2.00 [" in text and "3/3 seeds) | better |" in text
     assert "| RTE | 8 | AdaLoRA | -1.00 [" in text and "0/3 seeds) | worse |" in text
     assert "highest mean in 1 of 1 task × budget cells" in text
-    # wall time per step relative to LoRA: 1.20 AdaLoRA, 1.30 IncreLoRA, 1.10 TriAdaptLoRA -> holds
-    assert "TriAdaptLoRA 1.10×" in text and "Less overhead than the other adaptive methods." in text
+    # wall time per step relative to LoRA: 1.20 AdaLoRA, 1.30 IncreLoRA, 1.10 TriAdaptLoRA: a gap of
+    # 0.10 is within what machine load explains, so no verdict either way
+    assert "TriAdaptLoRA 1.10×" in text and "**Not resolved**: the gaps are within the ±0.10" in text
     assert "| RTE | r8 | schedule=exponential | 60.00 ± 2.00 (n=3) | -2.00 [" in text
     assert "1 significantly worse" in text and "Consistent with the claim" in text
     assert "- RTE r2: LoRA 0/5, AdaLoRA 0/5" in text  # coverage lists what the plan still lacks
     assert "- RTE r8: LoRA 3/5" in text
+
+
+def test_claims_wait_for_two_seeds_and_clear_wall_time_gaps():
+    records = [repro_record("rte", m, 8, 41, 0.6, wall=w) for m, w in [("lora", 100.0), ("adalora", 130.0)]]
+    records += [repro_record("rte", "increlora", 8, 41, 0.6, wall=130.0)]
+    records += [repro_record("rte", "triadapt", 8, 41, 0.7, wall=105.0)]
+    text = rr.render(records, [])
+    assert "**Not testable yet**: no cell has two seeds" in text  # one seed: no interval, no verdict
+    assert "TriAdaptLoRA 1.05×. **Holds**." in text  # 1.05 < 1.30 - 0.10 for both adaptive baselines
 
 
 def test_an_empty_study_says_what_to_run(tmp_path):
