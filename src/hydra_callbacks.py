@@ -10,13 +10,35 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from src.records import atomic_write_json, load_record
+from src.records import atomic_write_json, default_run_id, load_record
 
 JOB_STATUS_FILE = "status.json"
 SUMMARY_FILE = "summary.json"
+
+
+def write_job_status(cfg: DictConfig, record: dict | None, err: Exception | None) -> None:
+    """``status.json`` in the Hydra job's folder, which ``FailureSummary`` reads (called by src/train.py).
+
+    Written even when train() failed before its run record existed (e.g. a config that cannot resolve).
+    """
+    try:  # the name train() gives the run
+        run_id = cfg.run_id or default_run_id(OmegaConf.to_container(cfg, resolve=True))
+        record_path = Path(cfg.paths.runs_dir) / f"{run_id}.json"
+    except Exception:  # noqa: BLE001  (the status file must not hide the run's own error)
+        run_id = record_path = None
+    hydra_cfg = HydraConfig.get()
+    status = {
+        "run_id": run_id,
+        "status": record["status"] if record else "failed",
+        "error": f"{type(err).__name__}: {err}" if err else None,
+        "record": str(record_path) if record_path and record_path.is_file() else None,
+        "overrides": list(hydra_cfg.overrides.task),
+    }
+    atomic_write_json(Path(hydra_cfg.runtime.output_dir) / JOB_STATUS_FILE, status)
 
 
 def _job_entry(job_dir: Path, sweep_dir: Path) -> dict:

@@ -24,9 +24,9 @@ from src.backbones import load_model, load_tokenizer
 from src.checkpoints import checkpoint_step, prepare_run_dir
 from src.data import DataError
 from src.hub import HubUnavailableError, ensure_offline_mode_if_unreachable
-from src.hydra_callbacks import JOB_STATUS_FILE
+from src.hydra_callbacks import write_job_status
 from src.methods import get_method
-from src.records import atomic_write_json, default_run_id, load_record
+from src.records import default_run_id, load_record
 from src.tasks import optimizer_steps, prepare_task
 from src.tracking import RunTracker
 from src.trainer import AdapterTrainer, MethodCallback, training_arguments
@@ -118,27 +118,6 @@ def train(cfg: DictConfig) -> dict:
     except Exception as err:
         tracker.finish("failed", error=f"{type(err).__name__}: {err}")
         raise
-
-
-def write_job_status(cfg: DictConfig, record: dict | None, err: Exception | None) -> None:
-    """``status.json`` in the Hydra job's folder, which the sweep summary reads (src/hydra_callbacks.py).
-
-    Written even when train() failed before its run record existed (e.g. a config that cannot resolve).
-    """
-    try:  # the name train() gives the run
-        run_id = cfg.run_id or default_run_id(OmegaConf.to_container(cfg, resolve=True))
-        record_path = Path(cfg.paths.runs_dir) / f"{run_id}.json"
-    except Exception:  # noqa: BLE001  (the status file must not hide the run's own error)
-        run_id = record_path = None
-    hydra_cfg = HydraConfig.get()
-    status = {
-        "run_id": run_id,
-        "status": record["status"] if record else "failed",
-        "error": f"{type(err).__name__}: {err}" if err else None,
-        "record": str(record_path) if record_path and record_path.is_file() else None,
-        "overrides": list(hydra_cfg.overrides.task),
-    }
-    atomic_write_json(Path(hydra_cfg.runtime.output_dir) / JOB_STATUS_FILE, status)
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="train")
