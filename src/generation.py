@@ -25,11 +25,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from datasets import Dataset
 from omegaconf import DictConfig, OmegaConf
 from transformers import DataCollatorForSeq2Seq
 
-from src.data import load_task_data, subsample
+from src.data import load_task_data
 
 if TYPE_CHECKING:
     from src.tasks import PreparedTask
@@ -153,7 +152,7 @@ ENCODERS = {"encoder_decoder": encode_seq2seq, "decoder": encode_prompt_completi
 
 
 def summarisation(task: DictConfig, tokenizer, seed: int, backbone: DictConfig | None = None) -> PreparedTask:
-    from src.tasks import PreparedTask  # src.tasks imports this module for its family table
+    from src.tasks import PreparedTask, tokenise_splits  # src.tasks imports this module for its family table
 
     architecture = backbone.get("architecture") if backbone is not None else None
     if architecture not in ENCODERS:
@@ -172,14 +171,7 @@ def summarisation(task: DictConfig, tokenizer, seed: int, backbone: DictConfig |
     )
     data = load_task_data(task)
 
-    def tokenise(ds: Dataset) -> Dataset:
-        return ds.map(encode, batched=True, remove_columns=ds.column_names, desc=f"tokenise {task.name}")
-
-    train = tokenise(subsample(data[task.train_split], task.get("max_train_samples"), seed))
-    evals = {
-        alias: tokenise(subsample(data[split], task.get("max_eval_samples"), seed))
-        for alias, split in task.eval_splits.items()
-    }
+    train, evals = tokenise_splits(task, data, encode, seed)
     pad = tokenizer.pad_token_id
     # null entries keep the backbone's own generation config (what the reference script relied on)
     settings = OmegaConf.to_container(task.generation, resolve=True)

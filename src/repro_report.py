@@ -23,7 +23,7 @@ from scipy import stats
 
 from src.plots import group_figures, save
 from src.records import atomic_write_text
-from src.report import DASH, DEFAULT_AXES, METHOD_LABEL, METHOD_ORDER, TASK_LABEL, load_records
+from src.report import DASH, DEFAULT_AXES, METHOD_LABEL, METHOD_ORDER, TASK_LABEL, fmt_cell, load_records
 
 STUDY = "cpu-repro"
 TASKS = ["rte", "mrpc", "stsb", "cola", "sst2"]
@@ -86,14 +86,6 @@ def study_frame(records: list[dict], study: str = STUDY) -> pd.DataFrame:
 
 
 # -- statistics ------------------------------------------------------------------------------------
-def mean_std(values: list[float]) -> str:
-    if not values:
-        return DASH
-    if len(values) == 1:
-        return f"{values[0]:.2f} (n=1)"
-    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f} (n={len(values)})"
-
-
 def paired_difference(a: dict[int, float], b: dict[int, float], seed: int = 0) -> dict | None:
     """``a - b`` over the seeds both have: mean, 95% t-interval, percentile bootstrap interval, wins.
 
@@ -179,7 +171,7 @@ def results_table(main: pd.DataFrame) -> list[str]:
             cells, means = [], []
             for task in tasks:
                 values = list(by_seed(main, task=task, method=method, budget=budget).values())
-                cells.append(mean_std(values))
+                cells.append(fmt_cell(values))
                 means.append(statistics.mean(values) if values else None)
             avg = DASH if None in means else f"{statistics.mean(means):.2f}"
             rows.append([METHOD_LABEL[method], str(avg_rank), *cells, avg])
@@ -295,7 +287,7 @@ def ablation_table(frame: pd.DataFrame) -> tuple[list[str], list[dict]]:
                 TASK_LABEL[task],
                 budget,
                 "linear, identity, increment (default)",
-                mean_std(list(base.values())),
+                fmt_cell(list(base.values())),
                 DASH,
             ]
         )
@@ -303,7 +295,7 @@ def ablation_table(frame: pd.DataFrame) -> tuple[list[str], list[dict]]:
             values = by_seed(group, variant=variant)
             diff = paired_difference(values, base)
             found.append({"task": task, "budget": budget, "variant": variant, "diff": diff})
-            rows.append([TASK_LABEL[task], budget, variant, mean_std(list(values.values())), fmt_diff(diff)])
+            rows.append([TASK_LABEL[task], budget, variant, fmt_cell(list(values.values())), fmt_diff(diff)])
     header = ["Task", "budget", "TriAdaptLoRA options", "score", "− default: mean [95% t-interval]"]
     return _table(header, rows), found
 

@@ -34,6 +34,22 @@ class PreparedTask:
     generation: dict | None = None  # model.generate kwargs: evaluation generates text (AdapterTrainer)
 
 
+def tokenise_splits(
+    task: DictConfig, data, encode: Callable, seed: int
+) -> tuple[Dataset, dict[str, Dataset]]:
+    """The train split and every eval split (alias -> split), subsampled as configured, mapped by ``encode``."""
+
+    def tokenise(ds: Dataset) -> Dataset:
+        return ds.map(encode, batched=True, remove_columns=ds.column_names, desc=f"tokenise {task.name}")
+
+    train = tokenise(subsample(data[task.train_split], task.get("max_train_samples"), seed))
+    evals = {
+        alias: tokenise(subsample(data[split], task.get("max_eval_samples"), seed))
+        for alias, split in task.eval_splits.items()
+    }
+    return train, evals
+
+
 def classification(
     task: DictConfig, tokenizer, seed: int, backbone: DictConfig | None = None
 ) -> PreparedTask:
@@ -47,14 +63,7 @@ def classification(
         enc["labels"] = [float(x) for x in batch[task.label_field]] if regression else batch[task.label_field]
         return enc
 
-    def tokenise(ds: Dataset) -> Dataset:
-        return ds.map(encode, batched=True, remove_columns=ds.column_names, desc=f"tokenise {task.name}")
-
-    train = tokenise(subsample(data[task.train_split], task.get("max_train_samples"), seed))
-    evals = {
-        alias: tokenise(subsample(data[split], task.get("max_eval_samples"), seed))
-        for alias, split in task.eval_splits.items()
-    }
+    train, evals = tokenise_splits(task, data, encode, seed)
 
     def compute_metrics(eval_pred):
         logits = (
