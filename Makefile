@@ -54,9 +54,9 @@ glue-sweep-cpu: ## the grid on MiniLM-L6 from DATA_DIR: RTE/MRPC/STS-B/CoLA, 2 s
 	$(OFFLINE) WANDB_MODE=$${WANDB_MODE:-offline} $(PY) -m src.train -m +sweep=glue_cpu skip_existing=$(SKIP_EXISTING) \
 		'task.data_dir=$(DATA_DIR)/$${task.name}' $(SWEEP_ARGS)
 
-cpu-repro: ## the CPU mini-reproduction (issue #7): runs what is missing (CHUNKS="rte mrpc ..." for a part), renders results/cpu-repro/
+cpu-repro: ## the CPU mini-reproduction (issue #7): runs what is missing (CHUNKS="rte mrpc", JOBS=2), renders results/cpu-repro/
 	$(OFFLINE) WANDB_MODE=$${WANDB_MODE:-offline} $(PY) scripts/cpu_repro.py --data-dir $(DATA_DIR) \
-		$(foreach c,$(CHUNKS),--chunk $(c)) $(SWEEP_ARGS)
+		--jobs $(or $(JOBS),1) $(foreach c,$(CHUNKS),--chunk $(c)) $(SWEEP_ARGS)
 
 tables: ## Markdown + LaTeX tables from RUNS (results/runs) into TABLES_DIR (results/tables); ANCHORS=1 adds published rows
 	$(PY) -m src.report --runs $(RUNS) --out $(TABLES_DIR) $(if $(ANCHORS),--anchors)

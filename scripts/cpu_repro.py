@@ -70,10 +70,46 @@ def commands(chunk: Chunk, data_dir: str, runs_dir: str, extra: list[str]) -> li
             f"paths.runs_dir={runs_dir}",
             "skip_existing=true",
             "save_adapter=false",
+            # one folder per sweep: sweeps started in the same second (--jobs) must not share one
+            f"hydra.sweep.dir=multirun/cpu-repro/{chunk.name}-{i}/${{now:%Y-%m-%d_%H-%M-%S}}",
             *extra,
         ]  # fmt: skip
-        for sweep in chunk.sweeps
+        for i, sweep in enumerate(chunk.sweeps)
     ]
+
+
+def run_queue(queue: list[tuple[str, list[str]]], jobs: int) -> None:
+    """Run the sweeps, ``jobs`` at a time. With several jobs each gets an equal share of the cores as
+    its torch threads (unless OMP_NUM_THREADS is set) and writes its log to multirun/cpu-repro-logs/."""
+    env = dict(os.environ)
+    if jobs > 1:
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // jobs)))
+    logs = ROOT / "multirun" / "cpu-repro-logs"
+    running: list[tuple[str, subprocess.Popen, float]] = []
+    pending = list(queue)
+    while pending or running:
+        while pending and len(running) < jobs:
+            name, cmd = pending.pop(0)
+            out = None
+            if jobs > 1:
+                logs.mkdir(parents=True, exist_ok=True)
+                out = open(logs / f"{name}.log", "a")  # noqa: SIM115  (closed with the process)
+            running.append(
+                (name, subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=out), time.time())
+            )
+        time.sleep(1)
+        for item in list(running):
+            name, proc, start = item
+            if proc.poll() is None:
+                continue
+            running.remove(item)
+            # A failed run is recorded and its sweep goes on (src/train.py); a non-zero exit means the
+            # sweep itself could not start (bad override, missing data), which later ones would share.
+            if proc.returncode != 0:
+                raise SystemExit(
+                    f"error: the {name} sweep exited with {proc.returncode}; see its output above"
+                )
+            print(f"chunk {name}: sweep done in {time.time() - start:.0f} s", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", default=os.environ.get("DATA_DIR", "../shared/data/glue"))
     parser.add_argument("--runs", default="results/runs", help="where run records are written and read")
     parser.add_argument("--out", default="results/cpu-repro", help="where the write-up goes")
+    parser.add_argument("--jobs", type=int, default=1, help="sweeps run at once (cores are shared out)")
     parser.add_argument("--render-only", action="store_true", help="only render the write-up")
     parser.add_argument("--list", action="store_true", help="print the chunks' commands and exit")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run (e.g. logger=none)")
@@ -93,16 +130,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.render_only:
         if not (ROOT / data_dir / "rte").is_dir() and not args.list:
             parser.error(f"--data-dir {args.data_dir} has no rte/ folder; point it at the local GLUE files")
-        for chunk in chosen:
-            for cmd in commands(chunk, data_dir, args.runs, args.overrides):
-                print("$", " ".join(cmd[1:]), flush=True)
-                if args.list:
-                    continue
-                start = time.time()
-                # A failed job is recorded and the sweep goes on (src/train.py); a non-zero exit here
-                # means the sweep itself could not start, which no later chunk would survive either.
-                subprocess.run(cmd, cwd=ROOT, check=True)
-                print(f"chunk {chunk.name}: {time.time() - start:.0f} s", flush=True)
+        queue = [(c.name, cmd) for c in chosen for cmd in commands(c, data_dir, args.runs, args.overrides)]
+        for _, cmd in queue:
+            print("$", " ".join(cmd[1:]), flush=True)
+        if not args.list:
+            run_queue(queue, args.jobs)
     if args.list:
         return 0
     from src.repro_report import write_report
