@@ -89,6 +89,25 @@ def default_run_id(config: dict) -> str:
     )
 
 
+def find_ok_record(runs_dir: str | Path, run_id: str, config: dict) -> Path | None:
+    """An ok record of this run: ``<run_id>.json``, or a record of the same task, method, backbone and
+    seed whose config has the same identity under today's ``config_hash`` (records written before a
+    key was added to, or taken out of, the identity; e.g. when checkpoint options arrived)."""
+    runs_dir = Path(runs_dir)
+    own = runs_dir / f"{run_id}.json"
+    candidates = [own] if own.is_file() else []
+    prefix = default_run_id(config).rsplit("-", 1)[0]
+    candidates += sorted(p for p in runs_dir.glob(f"{prefix}-*.json") if p != own)
+    digest = config_hash(config)
+    for path in candidates:
+        record = load_record(path)
+        if record.get("status") == "ok" and (
+            path == own or config_hash(record.get("config") or {}) == digest
+        ):
+            return path
+    return None
+
+
 def git_state(cwd: str | Path = ".") -> dict:
     def git(*args):
         return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10)

@@ -26,7 +26,7 @@ from src.data import DataError
 from src.hub import HubUnavailableError, ensure_offline_mode_if_unreachable
 from src.hydra_callbacks import write_job_status
 from src.methods import get_method
-from src.records import default_run_id, load_record
+from src.records import default_run_id, find_ok_record, load_record
 from src.tasks import optimizer_steps, prepare_task
 from src.tracking import RunTracker
 from src.trainer import AdapterTrainer, MethodCallback, training_arguments
@@ -43,13 +43,12 @@ def train(cfg: DictConfig) -> dict:
     config = OmegaConf.to_container(cfg, resolve=True)
     run_id = cfg.run_id or default_run_id(config)
     record_path = Path(cfg.paths.runs_dir) / f"{run_id}.json"
-    if cfg.skip_existing and record_path.is_file() and load_record(record_path).get("status") == "ok":
+    done = find_ok_record(cfg.paths.runs_dir, run_id, config) if cfg.skip_existing else None
+    if done:
         log.info(
-            "run %s already has an ok record (%s); skipping (skip_existing=false reruns it)",
-            run_id,
-            record_path,
+            "run %s already has an ok record (%s); skipping (skip_existing=false reruns it)", run_id, done
         )
-        return load_record(record_path)
+        return load_record(done)
     output_dir = str(Path(cfg.paths.output_dir))
     checkpoint_dir = Path(cfg.paths.checkpoints_dir) / run_id
     resume_from = prepare_run_dir(checkpoint_dir, config, cfg.trainer.resume, distributed.is_main_process())

@@ -6,7 +6,7 @@ import stat
 
 import pytest
 
-from src.records import atomic_write_json, config_hash, default_run_id
+from src.records import atomic_write_json, config_hash, default_run_id, find_ok_record
 
 
 def test_atomic_write_replaces_whole_file_and_leaves_no_temp(tmp_path):
@@ -38,3 +38,24 @@ def test_run_id_ignores_paths_and_logger_but_not_hyperparameters():
     assert config_hash(base) == config_hash(moved)
     assert config_hash(base) != config_hash({**base, "method": {"name": "lora", "r": 2}})
     assert default_run_id(base).startswith("rte-lora-b-s1-")
+
+
+def test_checkpoint_options_are_not_part_of_the_identity():
+    base = {"task": {"name": "rte"}, "method": {"name": "lora"}, "backbone": {"name": "b"}, "seed": 1}
+    resumed = {**base, "trainer": {"resume": True, "checkpoint": True, "save_steps": 5}}
+    assert config_hash({**base, "trainer": {}}) == config_hash(resumed)
+
+
+def test_find_ok_record_matches_by_identity_not_only_by_file_name(tmp_path):
+    config = {"task": {"name": "rte"}, "method": {"name": "lora"}, "backbone": {"name": "b"}, "seed": 1}
+    config["trainer"] = {"learning_rate": 1e-3}
+    # written when trainer.resume still counted in the hash: another file name, same identity today
+    older = {**config, "trainer": {"learning_rate": 1e-3, "resume": False}}
+    old_path = tmp_path / "rte-lora-b-s1-0ldhash0.json"
+    atomic_write_json(old_path, {"status": "ok", "config": older})
+    run_id = default_run_id(config)
+    assert find_ok_record(tmp_path, run_id, config) == old_path
+    other = {**config, "trainer": {"learning_rate": 2e-3}}
+    assert find_ok_record(tmp_path, default_run_id(other), other) is None  # a different run
+    atomic_write_json(old_path, {"status": "failed", "config": older})
+    assert find_ok_record(tmp_path, run_id, config) is None  # only ok records count
