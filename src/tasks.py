@@ -57,8 +57,13 @@ def classification(
     data = load_task_data(task)
     regression = task.num_labels == 1
 
+    # Tokenizers without a pair template (SmolLM2's) would glue the two sentences together.
+    separator = (backbone or {}).get("pair_separator")
+
     def encode(batch):
         texts = [batch[f] for f in task.text_fields]
+        if separator is not None and len(texts) == 2:
+            texts = [[a + separator + b for a, b in zip(*texts, strict=True)]]
         enc = tokenizer(*texts, truncation=True, max_length=task.max_length)
         enc["labels"] = [float(x) for x in batch[task.label_field]] if regression else batch[task.label_field]
         return enc

@@ -114,3 +114,13 @@ def test_every_experiment_smoke_runs_one_step_on_tiny_deberta(cfg_factory, exper
         cfg.method.init_warmup = 0
     record = train(cfg)
     assert record["status"] == "ok" and record["total_steps"] == 1
+
+
+def test_pair_separator_joins_sentence_pairs_before_tokenising(cfg_factory, shared_data, tiny_backbone):
+    cfg = cfg_factory("task=rte", f"task.data_dir={shared_data}/glue/rte", "task.max_train_samples=4")
+    tok = load_tokenizer(tiny_backbone)
+    joined = OmegaConf.merge(tiny_backbone, {"pair_separator": " | "})
+    plain = prepare_task(cfg.task, tok, seed=0, backbone=tiny_backbone).train[0]["input_ids"]
+    glued = prepare_task(cfg.task, tok, seed=0, backbone=joined).train[0]["input_ids"]
+    assert plain.count(tok.sep_token_id) == 2  # the tokenizer's own pair template: [CLS] a [SEP] b [SEP]
+    assert glued.count(tok.sep_token_id) == 1 and tok.convert_tokens_to_ids("|") in glued  # one text
