@@ -31,8 +31,8 @@ def test_paired_difference_matches_a_hand_computed_t_interval():
     assert 1.0 <= diff["boot_low"] <= diff["boot_high"] <= 3.0  # bootstrap means stay inside the data
 
 
-def test_paired_difference_needs_two_common_seeds():
-    assert rr.paired_difference({1: 1.0, 2: 2.0}, {2: 1.0, 3: 1.0}) is None
+def test_paired_difference_needs_three_common_seeds():
+    assert rr.paired_difference({1: 1.0, 2: 2.0, 3: 3.0}, {2: 1.0, 3: 1.0, 4: 1.0}) is None
     assert rr.verdict(None) == "n/a"
 
 
@@ -88,7 +88,7 @@ def test_claims_wait_for_two_seeds_and_clear_wall_time_gaps():
     records += [repro_record("rte", "increlora", 8, 41, 0.6, wall=130.0)]
     records += [repro_record("rte", "triadapt", 8, 41, 0.7, wall=105.0)]
     text = rr.render(records, [])
-    assert "**Not testable yet**: no cell has two seeds" in text  # one seed: no interval, no verdict
+    assert "**Not testable yet**: no cell has three seeds" in text  # one seed: no interval, no verdict
     assert "TriAdaptLoRA 1.05×. **Holds**." in text  # 1.05 < 1.30 - 0.10 for both adaptive baselines
 
 
