@@ -89,6 +89,7 @@ def test_claims_wait_for_two_seeds_and_clear_wall_time_gaps():
     records += [repro_record("rte", "triadapt", 8, 41, 0.7, wall=105.0)]
     text = rr.render(records, [])
     assert "**Not testable yet**: no cell has three seeds" in text  # one seed: no interval, no verdict
+    assert "spread over seeds).** **Not testable yet**" in text
     assert "TriAdaptLoRA 1.05×. **Holds**." in text  # 1.05 < 1.30 - 0.10 for both adaptive baselines
 
 
