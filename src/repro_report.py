@@ -26,6 +26,9 @@ from src.records import atomic_write_text
 from src.report import DASH, DEFAULT_AXES, METHOD_LABEL, METHOD_ORDER, TASK_LABEL, fmt_cell, load_records
 
 STUDY = "cpu-repro"
+# The study asks whether SUBJECT beats the others; REFERENCE is the fixed-rank baseline every method
+# is paired against, and BASELINES are the other adaptive methods of the overhead claim.
+SUBJECT, REFERENCE, BASELINES = "triadapt", "lora", ("adalora", "increlora")
 TASKS = ["rte", "mrpc", "stsb", "cola", "sst2"]
 METRIC_LABEL = {"accuracy": "acc", "matthews": "MCC", "pearson": "Pearson"}
 PLANNED_SEEDS = {"rte": 5, "mrpc": 5, "stsb": 3, "cola": 3, "sst2": 3}  # scripts/cpu_repro.py
@@ -255,7 +258,7 @@ def wall_time_table(main: pd.DataFrame) -> tuple[list[str], dict[str, float]]:
     main = main.assign(per_step=main["wall_time_s"] / main["total_steps"])
     tasks = _tasks(main)
     rows, relative = [], {}
-    lora = {t: main[(main["method"] == "lora") & (main["task"] == t)]["per_step"].mean() for t in tasks}
+    lora = {t: main[(main["method"] == REFERENCE) & (main["task"] == t)]["per_step"].mean() for t in tasks}
     for method in _methods(main):
         runs = main[main["method"] == method]
         cells, ratios = [], []
@@ -278,7 +281,7 @@ def wall_time_table(main: pd.DataFrame) -> tuple[list[str], dict[str, float]]:
 
 
 def ablation_table(frame: pd.DataFrame) -> tuple[list[str], list[dict]]:
-    tri = frame[frame["method"] == "triadapt"]
+    tri = frame[frame["method"] == SUBJECT]
     ablated = tri[tri["variant"] != DEFAULT]
     rows, found = [], []
     for (task, budget), group in ablated.groupby(["task", "budget"], sort=True):
@@ -312,8 +315,8 @@ def claims(main, pairs_vs_lora, stds, relative, ablations) -> list[str]:
             for m in _methods(main)
             if (v := list(by_seed(main, task=task, method=m, budget=budget).values()))
         }
-        best_in += bool(means) and max(means, key=means.get) == "triadapt"
-    tri = [p for p in pairs_vs_lora if p["method"] == "triadapt"]
+        best_in += bool(means) and max(means, key=means.get) == SUBJECT
+    tri = [p for p in pairs_vs_lora if p["method"] == SUBJECT]
     counts = {k: sum(verdict(p["diff"]) == k for p in tri) for k in ("better", "worse", "unresolved")}
     lines.append(
         f"1. **TriAdaptLoRA beats LoRA, AdaLoRA and IncreLoRA.** It has the highest mean in {best_in} of "
@@ -331,7 +334,7 @@ def claims(main, pairs_vs_lora, stds, relative, ablations) -> list[str]:
         )
     )
     mean_std_of = {m: statistics.mean(v) for m, v in stds.items() if v}
-    if "triadapt" not in mean_std_of or len(mean_std_of) < 2:
+    if SUBJECT not in mean_std_of or len(mean_std_of) < 2:
         lines.append(
             "2. **Better stability (smaller spread over seeds).** **Not testable yet**: no cell has three "
             "seeds of TriAdaptLoRA and of another method."
@@ -343,13 +346,13 @@ def claims(main, pairs_vs_lora, stds, relative, ablations) -> list[str]:
             + ", ".join(f"{METHOD_LABEL[m]} {mean_std_of[m]:.2f}" for m in order)
             + (
                 ". **Holds**: TriAdaptLoRA has the smallest mean spread."
-                if order[0] == "triadapt"
+                if order[0] == SUBJECT
                 else f". **Does not hold**: {METHOD_LABEL[order[0]]} spreads least."
             )
         )
     if relative:
-        adaptive = {m: r for m, r in relative.items() if m in ("adalora", "increlora") and not math.isnan(r)}
-        tri_rel = relative.get("triadapt", float("nan"))
+        adaptive = {m: r for m, r in relative.items() if m in BASELINES and not math.isnan(r)}
+        tri_rel = relative.get(SUBJECT, float("nan"))
         # Whole runs on a machine other jobs share: only a gap beyond the load noise means anything.
         margin = WALL_TIME_MARGIN
         if not adaptive or math.isnan(tri_rel):
@@ -406,7 +409,7 @@ def render(records: list[dict], figure_names: list[str]) -> str:
         return "# CPU mini-reproduction\n\nNo finished runs of the `cpu-repro` study yet: run `make cpu-repro`.\n"
     main = frame[frame["variant"] == DEFAULT]
     missing = coverage(main)
-    paired, pairs = paired_table(main, "lora")
+    paired, pairs = paired_table(main, REFERENCE)
     spread, stds = spread_table(main)
     walls, relative = wall_time_table(main)
     ablation, ablations = ablation_table(frame)
