@@ -170,6 +170,9 @@ def new_record(run_id: str, config: dict, environment: bool = True) -> dict:
         "events": [],  # what the method's step hook reported (allocation events)
         "total_steps": None,
         "wall_time_s": None,
+        # CPU seconds of this process: with one torch thread, a measure of work that other jobs on a
+        # shared machine do not inflate the way they inflate wall time
+        "cpu_time_s": None,
         "train_examples_per_s": None,
     }
 

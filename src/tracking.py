@@ -55,6 +55,7 @@ class RunTracker:
         if resume_from is not None:  # a checkpoint folder holding the record as of its step
             self._continue(load_record(Path(resume_from) / RECORD_FILE))
         self._t0 = time.time()
+        self._cpu0 = time.process_time()
         if logger_cfg.get("backend") == "wandb" and self.main:
             self.wandb = self._init_wandb(run_id, config, logger_cfg, output_dir)
         self.flush()
@@ -173,6 +174,7 @@ class RunTracker:
         self.record["error"] = error
         self.record["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         self.record["wall_time_s"] = round(time.time() - self._t0, 2)
+        self.record["cpu_time_s"] = round(time.process_time() - self._cpu0, 2)
         self.flush()
         if self.wandb is not None:
             import wandb

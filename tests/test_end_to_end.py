@@ -17,7 +17,7 @@ from tests.conftest import ROOT
 pytestmark = pytest.mark.slow
 RECORD_KEYS = {
     "run_id", "status", "error", "config", "git", "versions", "primary_metric", "evals", "best", "final",
-    "budget", "rank_patterns", "events", "total_steps", "wall_time_s", "train_examples_per_s",
+    "budget", "rank_patterns", "events", "total_steps", "wall_time_s", "cpu_time_s", "train_examples_per_s",
 }  # fmt: skip
 
 
@@ -71,7 +71,7 @@ def test_tiny_deberta_on_real_rte_writes_a_complete_record(cfg_factory, shared_d
         assert on_disk["events"] and len(on_disk["budget"]["history"]) > 1
         assert on_disk["budget"]["final"]["total_rank"] == on_disk["budget"]["final"]["target_total_rank"]
     assert len(on_disk["rank_patterns"]["modules"]) == 12
-    assert on_disk["wall_time_s"] > 0 and on_disk["train_examples_per_s"] > 0
+    assert on_disk["wall_time_s"] > 0 and on_disk["cpu_time_s"] > 0 and on_disk["train_examples_per_s"] > 0
     assert list((tmp_path / "out" / "wandb").glob("offline-run-*")), "W&B offline run directory missing"
     assert (tmp_path / "out" / "adapter" / "adapter_config.json").is_file()
 

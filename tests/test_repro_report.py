@@ -11,13 +11,13 @@ from src import repro_report as rr
 from tests.fixtures.records import record
 
 
-def repro_record(task, method, avg_rank, seed, score, *, wall=100.0, steps=20, **options):
+def repro_record(task, method, avg_rank, seed, score, *, wall=100.0, cpu=None, steps=20, **options):
     r = record(task, method, avg_rank, seed, study="cpu-repro")
     r["config"]["method"].update(options)
     if options:
         r["run_id"] += "-" + "-".join(f"{k}{v}" for k, v in options.items())
     r["best"] = {r["primary_metric"]: score}
-    r.update(wall_time_s=wall, total_steps=steps, host={"torch_threads": 2})
+    r.update(wall_time_s=wall, cpu_time_s=cpu, total_steps=steps, host={"torch_threads": 2})
     return r
 
 
@@ -91,6 +91,23 @@ def test_claims_wait_for_two_seeds_and_clear_wall_time_gaps():
     assert "**Not testable yet**: no cell has three seeds" in text  # one seed: no interval, no verdict
     assert "spread over seeds).** **Not testable yet**" in text
     assert "TriAdaptLoRA 1.05×. **Holds**." in text  # 1.05 < 1.30 - 0.10 for both adaptive baselines
+
+
+def test_overhead_claim_reads_cpu_time_once_every_method_has_it():
+    # wall time says TriAdaptLoRA is slowest (load), CPU time says it is cheapest of the adaptive ones
+    times = {
+        "lora": (100.0, 50.0),
+        "adalora": (100.0, 70.0),
+        "increlora": (100.0, 70.0),
+        "triadapt": (150.0, 52.0),
+    }
+    records = [repro_record("rte", m, 8, 41, 0.6, wall=w, cpu=c) for m, (w, c) in times.items()]
+    text = rr.render(records, [])
+    assert "CPU time per step relative to LoRA: " in text and "TriAdaptLoRA 1.04×. **Holds**." in text
+    assert "| TriAdaptLoRA | 7.50 | 2.60 |" in text  # wall and CPU s/step, 20 steps
+    old = repro_record("rte", "adalora", 8, 42, 0.6, wall=100.0)  # written before CPU time was recorded
+    text = rr.render([r for r in records if r["method"] != "adalora"] + [old], [])
+    assert "Wall time per step relative to LoRA: " in text and "TriAdaptLoRA 1.50×" in text
 
 
 def test_an_empty_study_says_what_to_run(tmp_path):
