@@ -33,8 +33,9 @@ PACKAGES = (
 # Keys that do not change what a run computes, so they stay out of its identity.
 NON_IDENTITY_KEYS = ("paths", "logger", "run_id", "hydra", "skip_existing", "save_adapter")
 # ... and such keys inside groups: checkpointing and resuming change how a run is carried out, not
-# what it computes (a resumed run has the identity of the run it continues).
-NON_IDENTITY_GROUP_KEYS = {"trainer": ("checkpoint", "save_steps", "resume", "keep_checkpoints")}
+# what it computes (a resumed run has the identity of the run it continues); `optim` picks an
+# implementation of the same AdamW update, which changes results at rounding level, as threads do.
+NON_IDENTITY_GROUP_KEYS = {"trainer": ("checkpoint", "save_steps", "resume", "keep_checkpoints", "optim")}
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:

@@ -90,6 +90,14 @@ def test_unknown_split_or_column(cfg_factory, shared_data, override, match):
         train(cfg_factory(*TINY, *SHORT, f"task.data_dir={shared_data}/glue/rte", override))
 
 
+def test_unsupported_optimizer_names_the_choices(cfg_factory, shared_data):
+    cfg = cfg_factory(*TINY, *SHORT, f"task.data_dir={shared_data}/glue/rte", "trainer.optim=adafactor")
+    with pytest.raises(
+        ValueError, match=r"trainer\.optim='adafactor' is not supported; use one of \['adamw_torch'"
+    ):
+        train(cfg)
+
+
 def test_target_modules_matching_nothing_list_the_linear_names(cfg_factory, shared_data, tmp_path):
     cfg = cfg_factory(
         *TINY, *SHORT, f"task.data_dir={shared_data}/glue/rte", "backbone.target_modules=[q_proj]"

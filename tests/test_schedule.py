@@ -58,3 +58,36 @@ def test_restart_warmup_group_born_near_the_end_still_reaches_zero_at_T():
     f = restart_warmup(birth_step=9, warmup_steps=5, total_steps=10)
     assert f(9) == 0.0 and f(10) == 0.0
     assert restart_warmup(birth_step=6, warmup_steps=5, total_steps=10)(8) == pytest.approx(0.4)
+
+
+@pytest.mark.parametrize("optim,fused", [("adamw_torch_fused", True), ("adamw_torch", None)])
+def test_trainer_builds_the_configured_adamw(tmp_path, optim, fused):
+    from omegaconf import OmegaConf
+
+    from src.trainer import make_adamw, training_arguments
+
+    tr = OmegaConf.load("configs/trainer/default.yaml")
+    tr.optim = optim
+    args = training_arguments(tr, str(tmp_path), total=10, per_epoch=10, seed=0)
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = make_adamw([{"params": [p], "weight_decay": 0.0}], args)
+    assert opt.defaults["fused"] is fused
+    assert opt.defaults["lr"] == tr.learning_rate
+
+
+def test_fused_and_loop_adamw_make_the_same_update():
+    torch.manual_seed(0)
+    start = [torch.randn(5, 7), torch.randn(3)]
+    results = []
+    for fused in (False, True):
+        params = [torch.nn.Parameter(t.clone()) for t in start]
+        opt = torch.optim.AdamW(params, lr=1e-2, weight_decay=0.01, fused=fused)
+        for step in range(5):
+            for p in params:
+                p.grad = torch.sin(p.detach() * (step + 1))
+            opt.step()
+        results.append(params)
+    loop, fused = results
+    assert not torch.equal(loop[0].detach(), start[0])  # the steps did move the weights
+    for a, b in zip(loop, fused, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)

@@ -740,7 +740,7 @@ def test_same_seed_same_pattern_and_outputs():
 # ---------------------------------------------------------------------------------------------------
 # 10. Optimizer and scheduler integration
 # ---------------------------------------------------------------------------------------------------
-def integration_run(policy, hook_after_scheduler=False, total=20, warmup=4, lr=1e-2, wd=0.1):
+def integration_run(policy, hook_after_scheduler=False, total=20, warmup=4, lr=1e-2, wd=0.1, fused=False):
     """Loop with warmup + decay; one growth event at t = 6 (budget M + 1 with M = 1)."""
     method = TriAdaptLoRA()
     model = adapt(
@@ -749,7 +749,7 @@ def integration_run(policy, hook_after_scheduler=False, total=20, warmup=4, lr=1
             new_params_lr=policy, total_step=total, init_warmup=5, incre_interval=6, target_total_rank=2
         ),
     )
-    opt = torch.optim.AdamW(method.param_groups(model, lr, wd), betas=(0.8, 0.95), eps=1e-7)
+    opt = torch.optim.AdamW(method.param_groups(model, lr, wd), betas=(0.8, 0.95), eps=1e-7, fused=fused)
     sched = GroupLambdaLR(opt, linear_warmup_decay(warmup, total))
     batch, trace, new = mlp_batch(), [], None
     model.train()
@@ -782,15 +782,15 @@ def integration_run(policy, hook_after_scheduler=False, total=20, warmup=4, lr=1
     return opt, sched, trace, new
 
 
-@pytest.mark.parametrize("hook_after_scheduler", [False, True])
-def test_new_group_follows_global_schedule(hook_after_scheduler):
-    opt, sched, trace, new = integration_run("follow", hook_after_scheduler)
+@pytest.mark.parametrize("hook_after_scheduler,fused", [(False, False), (True, False), (False, True)])
+def test_new_group_follows_global_schedule(hook_after_scheduler, fused):
+    opt, sched, trace, new = integration_run("follow", hook_after_scheduler, fused=fused)
     births = [e["t"] for e in trace if e["record"]]
     assert births == [6]
     assert len(opt.param_groups) == 3
     group, decay = opt.param_groups[-1], opt.param_groups[0]
     assert decay["name"] == "decay"
-    for key in ("weight_decay", "betas", "eps", "amsgrad", "initial_lr"):
+    for key in ("weight_decay", "betas", "eps", "amsgrad", "initial_lr", "fused"):
         assert group[key] == decay[key], key
     ids = [id(p) for p in new]
     assert sum(id(p) in ids for g in opt.param_groups for p in g["params"]) == len(ids) == 4
