@@ -1,16 +1,21 @@
 """Training-step overhead of each method at the same final average rank (`make bench-overhead`).
 
 For every registered method: MiniLM-L6 (all six linear maps per layer adapted), batch 16 x length 128,
-AdamW + the project's scheduler, the method's step hook inside every timed step. Growing methods are
-first grown to their full budget with a forced fast schedule (every module grows at every step) so
-that all methods are timed at the same final average rank r̄; the time of each allocation event in
-that phase is recorded separately. AdaLoRA starts at init_r = 1.5 r̄ and is timed in its budgeting
-phase (importance update every step), which is the phase that costs it most.
+a step as the Trainer takes it (forward, backward, clipping, AdamW in the trainer's implementation,
+the method's step hook, the project's scheduler). Growing methods are first grown to their full
+budget with a forced fast schedule (every module grows at every step) so that all methods are timed
+at the same final average rank r̄; the time of each allocation event in that phase is recorded
+separately. AdaLoRA starts at init_r = 1.5 r̄ and is timed in its budgeting phase (importance update
+every step), which is the phase that costs it most.
 
-Peak memory: on CUDA, ``max_memory_allocated`` over the timed steps (all methods in one process);
-on CPU, each method runs in a forked child and reports its peak RSS growth from the child's start.
+Step time: all methods live in one process and are stepped in turn, one step each per round, the
+order rotating every round, so that load from anything else on the machine falls on every method
+alike. Reported: median step time, and the median (p10-p90) of the per-round ratios to LoRA.
 
-Writes results/bench/overhead.json and overhead.md (ratios to LoRA).
+Peak memory (a separate pass, 3 steps after growth): on CUDA, ``max_memory_allocated``; on CPU, each
+method runs in a forked child and reports its peak RSS growth from the child's start.
+
+Writes results/bench/overhead<tag>.json and overhead<tag>.md.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from src.backbones import load_model  # noqa: E402
 from src.methods import METHODS, get_method  # noqa: E402
 from src.records import git_state, package_versions  # noqa: E402
 from src.schedule import GroupLambdaLR, linear_warmup_decay  # noqa: E402
+from src.trainer import OPTIMIZERS  # noqa: E402
 
 HEADS = ["classifier", "pooler"]
 TOTAL_STEP = 10_000  # nominal T: keeps every schedule in its active phase during the measurement
@@ -86,115 +92,168 @@ def build(spec: str, r: int, args):
     return method, method.apply(model, config).to(args.device)
 
 
-def measure(spec: str, r: int, args) -> dict:
-    name = parse_variant(spec)[0]
-    dev = torch.device(args.device)
-    torch.manual_seed(0)
-    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    method, model = build(spec, r, args)
-    model.train()
-    opt = torch.optim.AdamW(method.param_groups(model, 1e-4, 0.01), lr=1e-4)
-    sched = GroupLambdaLR(opt, linear_warmup_decay(0, TOTAL_STEP))
-    g = torch.Generator().manual_seed(0)
-    batch = {
-        "input_ids": torch.randint(1000, 30000, (args.batch, args.length), generator=g).to(dev),
-        "attention_mask": torch.ones(args.batch, args.length, dtype=torch.long, device=dev),
-        "labels": torch.randint(0, 2, (args.batch,), generator=g).to(dev),
-    }
+class Stepper:
+    """One method's model, optimizer and scheduler, stepped exactly as the Trainer steps them:
+    forward, backward, clip to max_grad_norm 1.0, AdamW (--optim, the trainer's implementations),
+    the method's step hook, scheduler, zero_grad. Growing methods are grown to the budget first."""
 
-    def sync():
-        if dev.type == "cuda":
+    def __init__(self, spec: str, r: int, args):
+        self.spec, self.name = spec, parse_variant(spec)[0]
+        self.dev = torch.device(args.device)
+        torch.manual_seed(0)
+        self.method, self.model = build(spec, r, args)
+        self.model.train()
+        groups = self.method.param_groups(self.model, 1e-4, 0.01)
+        self.opt = torch.optim.AdamW(groups, lr=1e-4, **OPTIMIZERS[args.optim])
+        self.sched = GroupLambdaLR(self.opt, linear_warmup_decay(0, TOTAL_STEP))
+        g = torch.Generator().manual_seed(0)
+        self.batch = {
+            "input_ids": torch.randint(1000, 30000, (args.batch, args.length), generator=g).to(self.dev),
+            "attention_mask": torch.ones(args.batch, args.length, dtype=torch.long, device=self.dev),
+            "labels": torch.randint(0, 2, (args.batch,), generator=g).to(self.dev),
+        }
+        self.step_no = 0
+        self.target = self.method.budget(self.model)["target_total_rank"]
+        self.event_times = []
+        if self.name in ("increlora", "triadapt"):  # grow to the full budget first
+            for _ in range(200):
+                event, hook_s = self.step()
+                if event is not None:
+                    self.event_times.append(hook_s)
+                if self.method.budget(self.model)["total_rank"] >= self.target:
+                    break
+        for _ in range(args.warmup):
+            self.step()
+        self.sync()
+
+    def sync(self):
+        if self.dev.type == "cuda":
             torch.cuda.synchronize()
 
-    step_no = 0
-
-    def one_step():
-        nonlocal step_no
-        step_no += 1
-        model(**batch).loss.backward()
-        opt.step()
+    def step(self):
+        self.step_no += 1
+        self.model(**self.batch).loss.backward()
+        params = [p for group in self.opt.param_groups for p in group["params"]]
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        self.opt.step()
         t0 = time.perf_counter()
-        event = method.step(model, opt, sched, global_step=step_no)
-        sync()
+        event = self.method.step(self.model, self.opt, self.sched, global_step=self.step_no)
+        self.sync()
         hook_s = time.perf_counter() - t0
-        sched.step()
-        opt.zero_grad(set_to_none=True)
+        self.sched.step()
+        self.opt.zero_grad(set_to_none=True)
         return event, hook_s
 
-    budget0 = method.budget(model)
-    target = budget0["target_total_rank"]
-    event_times = []
-    if name in ("increlora", "triadapt"):  # grow to the full budget first
-        for _ in range(200):
-            event, hook_s = one_step()
-            if event is not None:
-                event_times.append(hook_s)
-            if method.budget(model)["total_rank"] >= target:
-                break
-    for _ in range(args.warmup):
-        one_step()
-    sync()
-    if dev.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-        base_mem = torch.cuda.memory_allocated()
-    times = []
-    for _ in range(args.steps):
-        sync()
+    def timed_step(self) -> float:
+        self.sync()
         t0 = time.perf_counter()
-        one_step()
-        sync()
-        times.append(time.perf_counter() - t0)
-    budget = method.budget(model)
-    peak = (
-        torch.cuda.max_memory_allocated() / 2**20
-        if dev.type == "cuda"
-        else (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024
-    )
-    return {
-        "method": spec,
-        "median_step_s": statistics.median(times),
-        "p10_step_s": sorted(times)[len(times) // 10],
-        "p90_step_s": sorted(times)[(9 * len(times)) // 10],
-        "peak_mem_mib": peak,
-        "peak_mem_kind": "cuda max_memory_allocated"
-        if dev.type == "cuda"
-        else "peak RSS growth (forked child)",
-        "resting_mem_mib": base_mem / 2**20 if dev.type == "cuda" else None,
-        "allocation_events": len(event_times),
-        "median_event_s": statistics.median(event_times) if event_times else None,
-        "total_rank": budget["total_rank"],
-        "target_total_rank": target,
-        "avg_rank": budget["total_rank"] / len(budget["rank_pattern"]),
-        "trainable_total": budget["trainable_total"],
-        "effective_adapter": budget["effective_adapter"],
-    }
+        self.step()
+        self.sync()
+        return time.perf_counter() - t0
+
+    def summary(self) -> dict:
+        budget = self.method.budget(self.model)
+        return {
+            "method": self.spec,
+            "allocation_events": len(self.event_times),
+            "median_event_s": statistics.median(self.event_times) if self.event_times else None,
+            "total_rank": budget["total_rank"],
+            "target_total_rank": self.target,
+            "avg_rank": budget["total_rank"] / len(budget["rank_pattern"]),
+            "trainable_total": budget["trainable_total"],
+            "effective_adapter": budget["effective_adapter"],
+        }
 
 
-def _child(name, r, args, queue):
+def peak_memory(spec: str, r: int, args) -> dict:
+    """Peak memory of ``--steps`` training steps after growth: on CUDA max_memory_allocated, on CPU the
+    peak RSS growth of this (forked) process."""
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if args.device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    stepper = Stepper(spec, r, args)
+    if args.device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        resting = torch.cuda.memory_allocated()
+    for _ in range(3):
+        stepper.step()
+    stepper.sync()
+    if args.device == "cuda":
+        return {
+            "peak_mem_mib": torch.cuda.max_memory_allocated() / 2**20,
+            "resting_mem_mib": resting / 2**20,
+            "peak_mem_kind": "cuda max_memory_allocated",
+        }
+    rss = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024
+    return {"peak_mem_mib": rss, "resting_mem_mib": None, "peak_mem_kind": "peak RSS growth (forked child)"}
+
+
+def _memory_child(spec, r, args, queue):
     torch.set_num_threads(args.threads or torch.get_num_threads())
     try:
-        queue.put(measure(name, r, args))
+        queue.put(peak_memory(spec, r, args))
     except Exception as err:  # reported in the table, never silently dropped
-        queue.put({"method": name, "error": f"{type(err).__name__}: {err}"})
+        queue.put({"error": f"{type(err).__name__}: {err}"})
+
+
+def memory_of(spec: str, r: int, args) -> dict:
+    if args.device == "cuda":  # one process: max_memory_allocated is per method after a reset
+        result = peak_memory(spec, r, args)
+        torch.cuda.empty_cache()
+        return result
+    ctx = mp.get_context("fork")  # RSS only grows: a fresh child per method
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_memory_child, args=(spec, r, args, queue))
+    proc.start()
+    result = queue.get()
+    proc.join()
+    return result
 
 
 def run_all(args) -> list[dict]:
-    names = [m for m in args.methods if parse_variant(m)[0] in METHODS]
-    rows = []
-    for name in names:
-        print(f"measuring {name} ...", flush=True)
-        if args.device == "cpu":
-            ctx = mp.get_context("fork")
-            queue = ctx.Queue()
-            proc = ctx.Process(target=_child, args=(name, args.rank, args, queue))
-            proc.start()
-            rows.append(queue.get())
-            proc.join()
-        else:
-            rows.append(measure(name, args.rank, args))
-            torch.cuda.empty_cache()
-        print(json.dumps(rows[-1]), flush=True)
-    return rows
+    """Memory per method, then step times with the methods interleaved step by step (the order
+    rotating every round), so that a change in machine load hits every method alike; each method's
+    step time is the median over rounds, and its ratio to LoRA the median of the per-round ratios."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    specs = [m for m in args.methods if parse_variant(m)[0] in METHODS]
+    rows = {}
+    for spec in specs:
+        print(f"memory of {spec} ...", flush=True)
+        rows[spec] = {"method": spec, **memory_of(spec, args.rank, args)}
+    steppers = {}
+    for spec in specs:
+        if "error" in rows[spec]:
+            continue
+        print(f"building and growing {spec} ...", flush=True)
+        try:
+            steppers[spec] = Stepper(spec, args.rank, args)
+        except Exception as err:  # reported in the table, never silently dropped
+            rows[spec]["error"] = f"{type(err).__name__}: {err}"
+    times = {spec: [] for spec in steppers}
+    order = list(steppers)
+    for round_no in range(args.steps):
+        shift = round_no % len(order)
+        for spec in order[shift:] + order[:shift]:
+            times[spec].append(steppers[spec].timed_step())
+    lora = times.get("lora")
+    for spec, stepper in steppers.items():
+        t = sorted(times[spec])
+        rows[spec].update(stepper.summary())
+        rows[spec].update(
+            median_step_s=statistics.median(t),
+            p10_step_s=t[len(t) // 10],
+            p90_step_s=t[(9 * len(t)) // 10],
+        )
+        if lora is not None:
+            ratios = sorted(a / b for a, b in zip(times[spec], lora, strict=True))
+            rows[spec].update(
+                step_ratio_median=statistics.median(ratios),
+                step_ratio_p10=ratios[len(ratios) // 10],
+                step_ratio_p90=ratios[(9 * len(ratios)) // 10],
+            )
+        print(json.dumps(rows[spec]), flush=True)
+    return list(rows.values())
 
 
 def markdown(rows: list[dict], meta: dict) -> str:
@@ -203,22 +262,26 @@ def markdown(rows: list[dict], meta: dict) -> str:
         f"# Step overhead at average rank {meta['rank']} ({meta['device_name']})",
         "",
         f"MiniLM-L6, all six linear maps per layer, batch {meta['batch']} x length {meta['length']}, "
-        f"{meta['steps']} timed steps (median), step hook included. Command: `{meta['command']}`",
+        f"{meta['steps']} timed rounds, the methods interleaved step by step; median step time, and the "
+        f"median of the per-round ratios to LoRA. A step is forward, backward, gradient clipping, AdamW "
+        f"({meta['optim']}) and the method's step hook. Command: `{meta['command']}`",
         "",
-        "| method | median step (ms) | × LoRA | peak memory (MiB) | × LoRA | avg rank | allocation event (ms) | event / step |",
+        "| method | median step (ms) | × LoRA (p10–p90) | peak memory (MiB) | × LoRA | avg rank | allocation event (ms) | event / step |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['method']} | failed: {r['error']} | | | | | | |")
             continue
-        step_ratio = r["median_step_s"] / lora["median_step_s"] if lora else float("nan")
+        step_ratio = r.get("step_ratio_median", float("nan"))
         mem_ratio = (
             r["peak_mem_mib"] / lora["peak_mem_mib"] if lora and lora["peak_mem_mib"] else float("nan")
         )
         ev = r["median_event_s"]
         lines.append(
-            f"| {r['method']} | {1e3 * r['median_step_s']:.1f} | {step_ratio:.3f} | {r['peak_mem_mib']:.0f} | "
+            f"| {r['method']} | {1e3 * r['median_step_s']:.1f} | {step_ratio:.3f} "
+            f"({r.get('step_ratio_p10', float('nan')):.3f}–{r.get('step_ratio_p90', float('nan')):.3f}) | "
+            f"{r['peak_mem_mib']:.0f} | "
             f"{mem_ratio:.3f} | {r['avg_rank']:.2f} | {'—' if ev is None else f'{1e3 * ev:.2f}'} | "
             f"{'—' if ev is None else format(100 * ev / r['median_step_s'], '.2f') + '%'} |"
         )
@@ -238,6 +301,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--optim", choices=sorted(OPTIMIZERS), default="adamw_torch_fused")
     parser.add_argument(
         "--methods",
         nargs="+",
@@ -255,7 +319,7 @@ def main() -> None:
     args = parser.parse_args()
     rows = run_all(args)
     meta = {
-        "rank": args.rank, "batch": args.batch, "length": args.length, "steps": args.steps,
+        "rank": args.rank, "batch": args.batch, "length": args.length, "steps": args.steps, "optim": args.optim,
         "device": args.device,
         "device_name": torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {os.cpu_count()} cores, {platform.processor() or platform.machine()}",
         "command": "python " + " ".join(sys.argv),
