@@ -4,8 +4,9 @@
 
 The grid is a list of chunks, each small enough for one working session on 2 CPU cores; a chunk is
 one Hydra multirun of ``+sweep=cpu_repro`` (configs/sweep/cpu_repro.yaml holds the protocol). Runs
-whose record already exists with status ok are skipped (``skip_existing=true``), so the command is
-resumable: kill it at any time and start it again. Seeds vary slowest, so a half-finished chunk
+whose record already exists with status ok are skipped (``skip_existing=true``) and a run that was
+killed continues from its newest complete checkpoint (``trainer.resume=true`` in the sweep config),
+so the command is resumable: kill it at any time and start it again. Seeds vary slowest, so a half-finished chunk
 leaves complete seeds (every method and budget) that the paired comparisons can use.
 """
 

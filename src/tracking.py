@@ -52,6 +52,10 @@ class RunTracker:
         # multi-process runs: every process tracks (same values), only the main one writes
         self.main = is_main_process()
         self._last_pattern = None
+        self._before = {
+            "wall_time_s": 0.0,
+            "cpu_time_s": 0.0,
+        }  # spent by earlier attempts up to the checkpoint
         if resume_from is not None:  # a checkpoint folder holding the record as of its step
             self._continue(load_record(Path(resume_from) / RECORD_FILE))
         self._t0 = time.time()
@@ -104,12 +108,21 @@ class RunTracker:
             modules = rec["rank_patterns"]["modules"]
             self._last_pattern = dict(zip(modules, patterns[-1]["ranks"], strict=True))
         rec["started_at"] = old["started_at"]
+        self._before = {k: old.get(k) or 0.0 for k in self._before}
         now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         rec["resumed"] = [*(old.get("resumed") or []), {"from_step": old["checkpoint_step"], "at": now}]
 
     def snapshot(self, path: Path, step: int) -> None:
         """The record as of a checkpoint at ``step`` (what a resumed run continues)."""
-        atomic_write_json(path, {**self.record, "checkpoint_step": step})
+        atomic_write_json(path, {**self.record, "checkpoint_step": step, **self._elapsed()})
+
+    def _elapsed(self) -> dict:
+        """Wall and CPU seconds of the run: earlier attempts up to their checkpoint, plus this one. The
+        work an attempt did after its last checkpoint is redone, so it is not counted."""
+        return {
+            "wall_time_s": round(self._before["wall_time_s"] + time.time() - self._t0, 2),
+            "cpu_time_s": round(self._before["cpu_time_s"] + time.process_time() - self._cpu0, 2),
+        }
 
     def flush(self) -> None:
         if self.main:
@@ -173,8 +186,7 @@ class RunTracker:
         self.record["status"] = status
         self.record["error"] = error
         self.record["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        self.record["wall_time_s"] = round(time.time() - self._t0, 2)
-        self.record["cpu_time_s"] = round(time.process_time() - self._cpu0, 2)
+        self.record.update(self._elapsed())
         self.flush()
         if self.wandb is not None:
             import wandb

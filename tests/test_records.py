@@ -40,9 +40,37 @@ def test_run_id_ignores_paths_and_logger_but_not_hyperparameters():
     assert default_run_id(base).startswith("rte-lora-b-s1-")
 
 
+def test_times_of_a_resumed_run_add_the_attempts_up_to_the_checkpoint(tmp_path):
+    import time
+
+    from omegaconf import OmegaConf
+
+    from src.checkpoints import RECORD_FILE
+    from src.tracking import RunTracker
+
+    logger = OmegaConf.create({"backend": "none"})
+    config = {"task": {"name": "rte"}, "method": {"name": "lora"}, "backbone": {"name": "b"}, "seed": 1}
+    first = RunTracker("r", config, tmp_path / "r.json", logger, str(tmp_path))
+    sum(i * i for i in range(300_000))  # some CPU work before the checkpoint
+    (tmp_path / "ckpt").mkdir()
+    first.snapshot(tmp_path / "ckpt" / RECORD_FILE, step=10)
+    saved = json.loads((tmp_path / "ckpt" / RECORD_FILE).read_text())
+    assert saved["wall_time_s"] > 0 and saved["cpu_time_s"] > 0
+    time.sleep(0.05)  # work after the checkpoint, lost with the kill: not counted
+    second = RunTracker(
+        "r", config, tmp_path / "r.json", logger, str(tmp_path), resume_from=tmp_path / "ckpt"
+    )
+    done = second.finish("ok")
+    assert saved["wall_time_s"] <= done["wall_time_s"] < saved["wall_time_s"] + 0.05
+    assert saved["cpu_time_s"] <= done["cpu_time_s"]
+
+
 def test_checkpoint_options_are_not_part_of_the_identity():
     base = {"task": {"name": "rte"}, "method": {"name": "lora"}, "backbone": {"name": "b"}, "seed": 1}
-    resumed = {**base, "trainer": {"resume": True, "checkpoint": True, "save_steps": 5}}
+    resumed = {
+        **base,
+        "trainer": {"resume": True, "checkpoint": True, "save_steps": 5, "optim": "adamw_torch"},
+    }
     assert config_hash({**base, "trainer": {}}) == config_hash(resumed)
 
 
