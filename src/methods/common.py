@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -105,11 +106,25 @@ class AdapterLinear(nn.Module, abc.ABC):
         return []
 
     # -- generic behaviour ------------------------------------------------------------------------
+    def adapter_factors(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(h, B) with adapter_forward(x) = h Bᵀ, where the subclass can split its branch so; None
+        where it cannot (then forward adds adapter_forward(x))."""
+        return None
+
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         out = self.base_layer(x, *args, **kwargs)
         if self.merged or self.disabled:
             return out
-        return out + self.adapter_forward(x).to(out.dtype)
+        factored = self.adapter_factors(x)
+        if factored is None:
+            return out + self.adapter_forward(x).to(out.dtype)
+        h, B = factored
+        if h.dtype != out.dtype:
+            return out + F.linear(h, B).to(out.dtype)
+        # W0 x + h Bᵀ as one addmm: one pass over the n × d_out output instead of two (product, then
+        # add), in the forward and again in the backward
+        flat = torch.addmm(out.reshape(-1, out.shape[-1]), h.reshape(-1, h.shape[-1]), B.t())
+        return flat.view(out.shape)
 
     def merge(self) -> None:
         if self.merged:

@@ -221,19 +221,31 @@ class IncreLoRALinear(common.AdapterLinear):
         return (b * e) @ a * self.scaling
 
     # -- forward ---------------------------------------------------------------------------------
-    def adapter_forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _input(self, x: torch.Tensor) -> torch.Tensor:
         x = self.lora_dropout(x)
         if not torch.is_autocast_enabled(x.device.type):  # under autocast the matmuls pick the dtype
             x = x.to(torch.float32)
-        if self.growing and torch.is_grad_enabled():
-            # ΔW is built explicitly only so that a tensor hook can see G = ∂L/∂ΔW (spec §4); the
-            # factored path below is the same maths at O(n·r·(d_in + d_out)) instead of O(n·d_in·d_out).
+        return x
+
+    def _explicit(self) -> bool:
+        # ΔW is built explicitly only so that a tensor hook can see G = ∂L/∂ΔW (spec §4)
+        return self.growing and torch.is_grad_enabled()
+
+    def adapter_factors(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(x Aᵀ · diag(E) · α/r, B) once growth is over: the factored path at O(n·r·(d_in + d_out)),
+        with the scaling folded into the r-vector E."""
+        if self._explicit():
+            return None
+        a, e, b = self.factors(self.spare_live)
+        return (self._input(x) @ a.T) * (e * self.scaling), b
+
+    def adapter_forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._explicit():
             delta = self.delta_weight()
             if delta.requires_grad:
                 delta.register_hook(self._capture_grad)
-            return F.linear(x, delta)
-        a, e, b = self.factors(self.spare_live)
-        return ((x @ a.T) * e) @ b.T * self.scaling
+            return F.linear(self._input(x), delta)
+        return F.linear(*self.adapter_factors(x))
 
     def _capture_grad(self, grad: torch.Tensor) -> None:
         grad = grad.detach().to(torch.float32)

@@ -233,9 +233,9 @@ class TriAdaptLinear(common.AdapterLinear):
         cached = self.__dict__.pop("_forward_factors", None)
         return cached if cached is not None else (self.factor_A(), self.factor_B())
 
-    def _low_rank(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(dropout(x) Aᵀ (s·T)ᵀ, B): the adapter branch up to its last product. s is folded into the
-        r × r transform, so scaling costs r² multiplications instead of a pass over the output."""
+    def adapter_factors(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(dropout(x) Aᵀ (s·T)ᵀ, B): s is folded into the r × r transform, so scaling costs r²
+        multiplications instead of a pass over the n × d_out output."""
         # factored (D11): O(n·r·(d_in + d_out + r)); the d_out × d_in update is never built here.
         # A is fp32 unless the whole model was cast after injection; follow it rather than fail.
         A, B = self.factor_A(), self.factor_B()
@@ -245,20 +245,7 @@ class TriAdaptLinear(common.AdapterLinear):
         return F.linear(h, self.transform() * self.scale), B
 
     def adapter_forward(self, x: torch.Tensor) -> torch.Tensor:
-        h, B = self._low_rank(x)
-        return F.linear(h, B)
-
-    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        out = self.base_layer(x, *args, **kwargs)
-        if self.merged or self.disabled:
-            return out
-        h, B = self._low_rank(x)
-        if out.dtype != h.dtype:
-            return out + F.linear(h, B).to(out.dtype)
-        # W0 x + h Bᵀ as one addmm: one pass over the n × d_out output instead of three (product, add,
-        # and in LoRA's form the scaling), in the forward and again in the backward
-        flat = torch.addmm(out.reshape(-1, out.shape[-1]), h.reshape(-1, h.shape[-1]), B.t())
-        return flat.view(out.shape)
+        return F.linear(*self.adapter_factors(x))
 
     def delta_weight(self) -> torch.Tensor:
         return self.scale * (self.factor_B() @ self.transform() @ self.factor_A()).float()
