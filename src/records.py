@@ -7,6 +7,7 @@ evaluation, the best and final metrics, the parameter budget over time, wall tim
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -110,6 +111,13 @@ def find_ok_record(runs_dir: str | Path, run_id: str, config: dict) -> Path | No
 
 
 def git_state(cwd: str | Path = ".") -> dict:
+    """HEAD and whether tracked files differ from it, read once per process: the jobs of a multirun
+    run the code imported at its start, even if a commit lands while they run."""
+    return dict(_git_state(str(Path(cwd).resolve())))
+
+
+@functools.cache
+def _git_state(cwd: str) -> dict:
     def git(*args):
         return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True, timeout=10)
 
