@@ -74,6 +74,7 @@ def study_frame(records: list[dict], study: str = STUDY) -> pd.DataFrame:
                 "value": 100.0 * r["best"][metric],
                 "wall_time_s": r.get("wall_time_s"),
                 "cpu_time_s": r.get("cpu_time_s"),
+                "end_train_loss": end_train_loss(r),
                 "total_steps": r.get("total_steps"),
                 "total_rank": final.get("total_rank"),
                 "target_total_rank": final.get("target_total_rank"),
@@ -165,6 +166,28 @@ def _methods(frame: pd.DataFrame) -> list[str]:
 
 def _metric(frame: pd.DataFrame, task: str) -> str:
     return METRIC_LABEL.get(frame[frame["task"] == task]["metric"].iloc[0], "")
+
+
+def end_train_loss(record: dict) -> float:
+    """Mean training loss logged in the last 10% of the run's steps (NaN if none was logged)."""
+    total = record.get("total_steps") or 0
+    losses = [e["loss"] for e in record.get("train_log") or [] if "loss" in e and e["step"] > 0.9 * total]
+    return statistics.mean(losses) if losses else float("nan")
+
+
+def train_loss_table(main: pd.DataFrame) -> list[str]:
+    """How well each method fits the training data: a method far above the others underfits."""
+    tasks = _tasks(main)
+    rows = []
+    for budget, avg_rank in _budgets(main):
+        for method in _methods(main):
+            cells = []
+            for task in tasks:
+                runs = main[(main["task"] == task) & (main["method"] == method) & (main["budget"] == budget)]
+                value = runs["end_train_loss"].mean()
+                cells.append(DASH if math.isnan(value) else f"{value:.3f}")
+            rows.append([METHOD_LABEL[method], str(avg_rank), *cells])
+    return _table(["Method", "r̄", *[TASK_LABEL[t] for t in tasks]], rows)
 
 
 def results_table(main: pd.DataFrame) -> list[str]:
@@ -478,6 +501,14 @@ def render(records: list[dict], figure_names: list[str]) -> str:
     ]
     out += ["## Spread over seeds (sample std)", "", *spread, ""]
     out += ["## Budgets reached", "", *budget_table(main), ""]
+    out += [
+        "## Training loss at the end",
+        "",
+        "Mean of the training losses logged in the last 10% of steps, mean over seeds.",
+        "",
+        *train_loss_table(main),
+        "",
+    ]
     out += ["## Time per step", "", *times, ""]
     if len(ablation) > 2:
         out += ["## TriAdaptLoRA options (one changed at a time)", "", *ablation, ""]
