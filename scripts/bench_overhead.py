@@ -166,11 +166,9 @@ class Stepper:
 
 
 def peak_memory(spec: str, r: int, args) -> dict:
-    """Peak memory of ``--steps`` training steps after growth: on CUDA max_memory_allocated, on CPU the
-    peak RSS growth of this (forked) process."""
+    """Peak memory of 3 training steps after growth: on CUDA max_memory_allocated, on CPU the peak
+    RSS growth of this (forked) process from its start (model building and growth included)."""
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    if args.device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
     stepper = Stepper(spec, r, args)
     if args.device == "cuda":
         torch.cuda.reset_peak_memory_stats()

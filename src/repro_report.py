@@ -280,7 +280,7 @@ def budget_table(main: pd.DataFrame) -> list[str]:
 TIME_COLUMNS = {"wall_time_s": "wall", "cpu_time_s": "CPU"}
 
 
-def per_step_ratios(main: pd.DataFrame, column: str) -> dict[str, dict[str, float]]:
+def per_step_seconds(main: pd.DataFrame, column: str) -> dict[str, dict[str, float]]:
     """Mean seconds per optimizer step (whole run / T) per method and task, from the runs that have
     `column`; records written before CPU time was recorded lack it."""
     main = main.dropna(subset=[column]).assign(per_step=lambda f: f[column] / f["total_steps"])
@@ -306,7 +306,7 @@ def time_table(main: pd.DataFrame) -> tuple[list[str], dict[str, float], str]:
     CPU time where every method has it for some task (one torch thread per run, so other jobs on the
     machine inflate it far less than wall time), wall time otherwise."""
     tasks = _tasks(main)
-    steps = {column: per_step_ratios(main, column) for column in TIME_COLUMNS}
+    steps = {column: per_step_seconds(main, column) for column in TIME_COLUMNS}
     rows = []
     for method in _methods(main):
         runs = main[main["method"] == method]

@@ -52,10 +52,8 @@ class RunTracker:
         # multi-process runs: every process tracks (same values), only the main one writes
         self.main = is_main_process()
         self._last_pattern = None
-        self._before = {
-            "wall_time_s": 0.0,
-            "cpu_time_s": 0.0,
-        }  # spent by earlier attempts up to the checkpoint
+        # wall and CPU seconds that earlier attempts spent up to the checkpoint this run resumes from
+        self._before = {"wall_time_s": 0.0, "cpu_time_s": 0.0}
         if resume_from is not None:  # a checkpoint folder holding the record as of its step
             self._continue(load_record(Path(resume_from) / RECORD_FILE))
         self._t0 = time.time()
