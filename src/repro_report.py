@@ -280,43 +280,47 @@ def budget_table(main: pd.DataFrame) -> list[str]:
 TIME_COLUMNS = {"wall_time_s": "wall", "cpu_time_s": "CPU"}
 
 
-def per_step_seconds(main: pd.DataFrame, column: str) -> dict[str, dict[str, float]]:
-    """Mean seconds per optimizer step (whole run / T) per method and task, from the runs that have
-    `column`; records written before CPU time was recorded lack it."""
+def per_step_seconds(main: pd.DataFrame, column: str) -> dict[str, dict[tuple[str, str], float]]:
+    """Mean seconds per optimizer step (whole run / T) per method and (task, budget) cell, from the
+    runs that have `column`; records written before CPU time was recorded lack it."""
     main = main.dropna(subset=[column]).assign(per_step=lambda f: f[column] / f["total_steps"])
-    return {
-        method: {task: runs[runs["task"] == task]["per_step"].mean() for task in _tasks(runs)}
-        for method in _methods(main)
-        if not (runs := main[main["method"] == method]).empty
-    }
+    cells = main.groupby(["method", "task", "budget"])["per_step"].mean()
+    out: dict[str, dict[tuple[str, str], float]] = {}
+    for (method, task, budget), value in cells.items():
+        out.setdefault(method, {})[(task, budget)] = value
+    return out
 
 
-def relative_to_reference(per_step: dict[str, dict[str, float]]) -> dict[str, float]:
-    """Each method's per-step time over LoRA's, averaged over the tasks both have."""
+def relative_to_reference(per_step: dict[str, dict[tuple[str, str], float]]) -> dict[str, float]:
+    """Each method's per-step time over LoRA's in the same task and budget, averaged over the cells
+    both have."""
     lora = per_step.get(REFERENCE, {})
     relative = {}
-    for method, tasks in per_step.items():
-        ratios = [v / lora[t] for t, v in tasks.items() if t in lora]
+    for method, cells in per_step.items():
+        ratios = [v / lora[c] for c, v in cells.items() if c in lora]
         relative[method] = statistics.mean(ratios) if ratios else float("nan")
     return relative
 
 
 def time_table(main: pd.DataFrame) -> tuple[list[str], dict[str, float], str]:
-    """Seconds per step, wall and CPU, per method and task; and the ratios to LoRA that claim 3 reads:
-    CPU time where every method has it for some task (one torch thread per run, so other jobs on the
-    machine inflate it far less than wall time), wall time otherwise."""
+    """Seconds per step, wall and CPU, per method, budget and task; and the ratios to LoRA that claim 3
+    reads: CPU time where every method has it in some cell (one torch thread per run, so other jobs on
+    the machine inflate it far less than wall time), wall time otherwise."""
     tasks = _tasks(main)
     steps = {column: per_step_seconds(main, column) for column in TIME_COLUMNS}
     rows = []
-    for method in _methods(main):
-        runs = main[main["method"] == method]
-        cells = []
-        for task in tasks:
-            for column in TIME_COLUMNS:
-                value = steps[column].get(method, {}).get(task, float("nan"))
-                cells.append(DASH if math.isnan(value) else f"{value:.2f}")
-        rows.append([METHOD_LABEL[method], *cells, f"{runs['wall_time_s'].sum() / 3600:.2f}"])
-    header = ["Method"]
+    for budget, avg_rank in _budgets(main):
+        for method in _methods(main):
+            runs = main[(main["method"] == method) & (main["budget"] == budget)]
+            cells = []
+            for task in tasks:
+                for column in TIME_COLUMNS:
+                    value = steps[column].get(method, {}).get((task, budget), float("nan"))
+                    cells.append(DASH if math.isnan(value) else f"{value:.2f}")
+            rows.append(
+                [METHOD_LABEL[method], str(avg_rank), *cells, f"{runs['wall_time_s'].sum() / 3600:.2f}"]
+            )
+    header = ["Method", "r̄"]
     header += [f"{TASK_LABEL[t]} {label} s/step" for t in tasks for label in TIME_COLUMNS.values()]
     header += ["total wall h"]
     cpu = relative_to_reference(steps["cpu_time_s"])

@@ -106,9 +106,13 @@ def test_overhead_claim_reads_cpu_time_once_every_method_has_it():
     records = [repro_record("rte", m, 8, 41, 0.6, wall=w, cpu=c) for m, (w, c) in times.items()]
     text = rr.render(records, [])
     assert "CPU time per step relative to LoRA: " in text and "TriAdaptLoRA 1.04×. **Holds**." in text
-    assert "| TriAdaptLoRA | 7.50 | 2.60 |" in text  # wall and CPU s/step, 20 steps
+    assert "| TriAdaptLoRA | 8 | 7.50 | 2.60 |" in text  # wall and CPU s/step, 20 steps
     below = [r | {"cpu_time_s": 45.0} if r["method"] == "triadapt" else r for r in records]
     assert "TriAdaptLoRA 0.90×. **Holds**." in rr.render(below, [])  # below LoRA is a result, not noise
+    # CPU time of another budget is no reference: ratios pair the same task and budget
+    other = [repro_record("rte", "triadapt", 2, 41, 0.6, wall=150.0, cpu=10.0)]
+    text = rr.render([r for r in records if r["method"] != "triadapt"] + other, [])
+    assert "Wall time per step relative to LoRA: " in text
     old = repro_record("rte", "adalora", 8, 42, 0.6, wall=100.0)  # written before CPU time was recorded
     text = rr.render([r for r in records if r["method"] != "adalora"] + [old], [])
     assert "Wall time per step relative to LoRA: " in text and "TriAdaptLoRA 1.50×" in text
