@@ -186,17 +186,21 @@ def peak_memory(spec: str, r: int, args) -> dict:
     return {"peak_mem_mib": rss, "resting_mem_mib": None, "peak_mem_kind": "peak RSS growth (forked child)"}
 
 
+def _peak_memory_or_error(spec, r, args) -> dict:
+    try:
+        return peak_memory(spec, r, args)
+    except Exception as err:  # reported in the table, never silently dropped
+        return {"error": f"{type(err).__name__}: {err}"}
+
+
 def _memory_child(spec, r, args, queue):
     torch.set_num_threads(args.threads or torch.get_num_threads())
-    try:
-        queue.put(peak_memory(spec, r, args))
-    except Exception as err:  # reported in the table, never silently dropped
-        queue.put({"error": f"{type(err).__name__}: {err}"})
+    queue.put(_peak_memory_or_error(spec, r, args))
 
 
 def memory_of(spec: str, r: int, args) -> dict:
     if args.device == "cuda":  # one process: max_memory_allocated is per method after a reset
-        result = peak_memory(spec, r, args)
+        result = _peak_memory_or_error(spec, r, args)
         torch.cuda.empty_cache()
         return result
     ctx = mp.get_context("fork")  # RSS only grows: a fresh child per method
