@@ -151,6 +151,17 @@ class Stepper:
         self.sync()
         return time.perf_counter() - t0
 
+    def ops_per_step(self) -> int:
+        """Operator calls the profiler sees in one step (nested calls included). Where the host
+        dispatches faster than the device computes (a GPU at this size) a step costs about this many
+        dispatches, whatever the arithmetic."""
+        from torch.profiler import profile
+
+        with profile() as prof:
+            self.step()
+            self.sync()
+        return sum(event.count for event in prof.key_averages())
+
     def summary(self) -> dict:
         budget = self.method.budget(self.model)
         return {
@@ -243,6 +254,7 @@ def run_all(args) -> list[dict]:
         t = sorted(times[spec])
         rows[spec].update(stepper.summary())
         rows[spec].update(
+            ops_per_step=stepper.ops_per_step(),
             median_step_s=statistics.median(t),
             p10_step_s=t[len(t) // 10],
             p90_step_s=t[(9 * len(t)) // 10],
@@ -268,12 +280,12 @@ def markdown(rows: list[dict], meta: dict) -> str:
         f"median of the per-round ratios to LoRA. A step is forward, backward, gradient clipping, AdamW "
         f"({meta['optim']}) and the method's step hook. Command: `{meta['command']}`",
         "",
-        "| method | median step (ms) | × LoRA (p10–p90) | peak memory (MiB) | × LoRA | avg rank | allocation event (ms) | event / step |",
-        "|---|---|---|---|---|---|---|---|",
+        "| method | median step (ms) | × LoRA (p10–p90) | peak memory (MiB) | × LoRA | avg rank | allocation event (ms) | event / step | ops / step |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['method']} | failed: {r['error']} | | | | | | |")
+            lines.append(f"| {r['method']} | failed: {r['error']} | | | | | | | |")
             continue
         step_ratio = r.get("step_ratio_median", float("nan"))
         mem_ratio = (
@@ -285,7 +297,8 @@ def markdown(rows: list[dict], meta: dict) -> str:
             f"({r.get('step_ratio_p10', float('nan')):.3f}–{r.get('step_ratio_p90', float('nan')):.3f}) | "
             f"{r['peak_mem_mib']:.0f} | "
             f"{mem_ratio:.3f} | {r['avg_rank']:.2f} | {'—' if ev is None else f'{1e3 * ev:.2f}'} | "
-            f"{'—' if ev is None else format(100 * ev / r['median_step_s'], '.2f') + '%'} |"
+            f"{'—' if ev is None else format(100 * ev / r['median_step_s'], '.2f') + '%'} | "
+            f"{r.get('ops_per_step', '—')} |"
         )
     lines += [
         "",

@@ -22,6 +22,8 @@ def test_bench_times_methods_at_the_same_rank_and_writes_the_table(tmp_path):
     assert rows["lora"]["step_ratio_median"] == 1.0  # each round's LoRA step over itself
     for r in rows.values():
         assert r["avg_rank"] == 2.0 and r["median_step_s"] > 0 and r["peak_mem_mib"] >= 0
+    # the regulariser is operators on every step: without it TriAdaptLoRA dispatches fewer
+    assert rows["triadapt:orth_reg_weight=0"]["ops_per_step"] < rows["triadapt"]["ops_per_step"]
     assert rows["triadapt"]["allocation_events"] >= 1 and rows["triadapt"]["median_event_s"] > 0
     table = (tmp_path / "overhead_t.md").read_text()
     assert "| triadapt |" in table and "interleaved" in table
