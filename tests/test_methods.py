@@ -151,6 +151,23 @@ def test_adalora_allocates_and_effective_budget_reflects_masking(tiny_backbone):
     assert end["trainable_adapter"] == start["trainable_adapter"]  # masking zeroes λ, never shrinks tensors
 
 
+def test_adalora_reports_the_regulariser_peft_adds_to_the_loss(tiny_backbone):
+    method, model, _ = build("adalora", tiny_backbone)
+    train_steps(method, model, 3)  # A and B away from their init
+    model.train()
+    config = model.peft_config["default"]
+    with torch.no_grad():  # the same dropout masks in both forwards
+        torch.manual_seed(0)
+        with_reg = model(**batch(7)).loss
+        weight, config.orth_reg_weight = config.orth_reg_weight, 0.0
+        torch.manual_seed(0)
+        without = model(**batch(7)).loss
+        config.orth_reg_weight = weight
+    logged = method.extra_logs(model)["orth_reg"]
+    assert logged > 0
+    assert logged == pytest.approx(float(with_reg - without), rel=1e-4)
+
+
 def test_adalora_rejects_schedule_without_budgeting_phase(tiny_backbone):
     with pytest.raises(ValueError, match="no budgeting phase"):
         get_method("adalora").make_config({"tinit": 6, "tfinal": 6}, total_step=12)

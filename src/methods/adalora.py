@@ -7,9 +7,11 @@ silently be a fixed-rank SVD-form LoRA (peft #1327). Masking zeroes λ but never
 
 from __future__ import annotations
 
+import types
 from dataclasses import dataclass, field
 
 import peft
+import torch
 from torch import nn
 
 from src.methods.base import register
@@ -53,9 +55,25 @@ class AdaLoRAMethodConfig:
             raise ValueError(f"method.orth_reg_weight must be >= 0, got {self.orth_reg_weight}")
 
 
+def _forward_through_tuner(self, *args, **kwargs):
+    """``PeftModel.forward`` with ``self.base_model`` (the AdaLoraModel) in place of the bare
+    transformers model, so that peft's own AdaLoraModel.forward adds the orthogonal regulariser."""
+    with self._enable_peft_forward_hooks(*args, **kwargs):
+        kwargs = {k: v for k, v in kwargs.items() if k not in self.special_peft_forward_args}
+        return self.base_model(*args, **kwargs)
+
+
 @register("adalora")
 class AdaLoRA(PeftMethod):
     config_class = AdaLoRAMethodConfig
+
+    def apply(self, model: nn.Module, config: AdaLoRAMethodConfig) -> nn.Module:
+        adapted = super().apply(model, config)
+        # A PeftModel built without a task_type forwards straight to the transformers model and skips
+        # AdaLoraModel.forward, where peft adds γ·R_orth to the loss: the penalty would silently never
+        # apply (spec §3 pitfall 4; the regulariser test in tests/test_methods.py fails without this).
+        adapted.forward = types.MethodType(_forward_through_tuner, adapted)
+        return adapted
 
     def peft_config(self, config: AdaLoRAMethodConfig) -> peft.AdaLoraConfig:
         return peft.AdaLoraConfig(
@@ -81,6 +99,24 @@ class AdaLoRA(PeftMethod):
         if after is not None and after is not before:
             return {"step": global_step, "total_rank": sum(self.live_ranks(model).values())}
         return None
+
+    @torch.no_grad()
+    def extra_logs(self, model: nn.Module) -> dict[str, float]:
+        """The orthogonal regulariser peft adds to the training loss without reporting it (γ times the
+        mean over lora_A and lora_B of ‖P Pᵀ − I‖_F, as in ``AdaLoraModel.forward``), recomputed at
+        logging steps so that the task loss can be read apart, as for IncreLoRA and TriAdaptLoRA."""
+        tuner = model.base_model
+        name = tuner.trainable_adapter_name
+        norms = []
+        for param_name, p in tuner.model.named_parameters():
+            if ("lora_A" in param_name or "lora_B" in param_name) and name in param_name:
+                cov = p @ p.T if "lora_A" in param_name else p.T @ p
+                norms.append(
+                    torch.linalg.norm(cov - torch.eye(cov.shape[0], dtype=cov.dtype, device=cov.device))
+                )
+        if not norms:
+            return {}
+        return {"orth_reg": tuner.peft_config[name].orth_reg_weight * float(torch.stack(norms).mean())}
 
     def training_state(self, model: nn.Module) -> dict:
         """peft's RankAllocator EMAs and the rank pattern it has fixed so far (None before tfinal)."""
