@@ -18,7 +18,11 @@ def repro_record(task, method, avg_rank, seed, score, *, wall=100.0, cpu=None, s
         r["run_id"] += "-" + "-".join(f"{k}{v}" for k, v in options.items())
     r["best"] = {r["primary_metric"]: score}
     r.update(wall_time_s=wall, cpu_time_s=cpu, total_steps=steps, host={"torch_threads": 2})
-    r["train_log"] = [{"step": 10, "loss": 0.9}, {"step": 19, "loss": 0.5}, {"step": 20, "loss": 0.3}]
+    reg = {"orth_reg": 0.1} if method != "lora" else {}  # logged beside the loss that includes it
+    r["train_log"] = [
+        {"step": 10, "loss": 0.9},
+        *({"step": s, "loss": v + reg.get("orth_reg", 0), **reg} for s, v in ((19, 0.5), (20, 0.3))),
+    ]
     return r
 
 
@@ -83,6 +87,7 @@ def test_render_reports_means_pairs_and_computed_claims():
     assert "- RTE r2: LoRA 0/5, AdaLoRA 0/5" in text  # coverage lists what the plan still lacks
     assert "- RTE r8: LoRA 3/5" in text
     assert "| LoRA | 8 | 0.400 |" in text  # training loss: steps 19 and 20 are the last 10% of 20
+    assert "| AdaLoRA | 8 | 0.400 |" in text  # the regulariser is taken out
 
 
 def test_claims_wait_for_two_seeds_and_clear_wall_time_gaps():
