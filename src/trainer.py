@@ -165,8 +165,9 @@ class MethodCallback(TrainerCallback):
 def training_arguments(
     tr: DictConfig, output_dir: str, total: int, per_epoch: int, seed: int
 ) -> TrainingArguments:
-    if tr.get("optim", "adamw_torch") not in OPTIMIZERS:
-        raise ValueError(f"trainer.optim={tr.optim!r} is not supported; use one of {sorted(OPTIMIZERS)}")
+    optim = tr.get("optim", "adamw_torch")  # configs written before the option had the loop
+    if optim not in OPTIMIZERS:
+        raise ValueError(f"trainer.optim={optim!r} is not supported; use one of {sorted(OPTIMIZERS)}")
     epochs = total / per_epoch
     eval_steps = tr.eval_steps or (per_epoch if epochs >= 20 else max(1, per_epoch // 4))
     return TrainingArguments(
@@ -177,7 +178,7 @@ def training_arguments(
         learning_rate=tr.learning_rate,
         weight_decay=tr.weight_decay,
         max_grad_norm=tr.max_grad_norm,
-        optim=tr.get("optim", "adamw_torch"),
+        optim=optim,
         max_steps=total,
         warmup_steps=int(tr.warmup if tr.warmup >= 1 else round(tr.warmup * total)),
         eval_strategy="steps",
