@@ -255,6 +255,43 @@ def spread_table(main: pd.DataFrame) -> tuple[list[str], dict[str, list[float]]]
     return _table(header, rows), stds
 
 
+INERT_SHARE = 0.75  # a method scoring identically at both budgets on this share of seed pairs is inert
+
+
+def budget_response_table(main: pd.DataFrame) -> tuple[list[str], dict[str, tuple[int, int]]]:
+    """Per method and task, best score at the largest budget minus the smallest, paired by seed, and how
+    many seed pairs score exactly the same: an adapter that has not moved the model scores the same
+    at every budget (the classifier head alone decides), whatever the allocation does."""
+    budgets = _budgets(main)
+    if len(budgets) < 2:
+        return [], {}
+    (low, low_rank), (high, high_rank) = budgets[0], budgets[-1]
+    tasks = _tasks(main)
+    same: dict[str, tuple[int, int]] = {}
+    rows = []
+    for method in _methods(main):
+        cells, equal_all, pairs_all = [], 0, 0
+        for task in tasks:
+            lo = by_seed(main, task=task, method=method, budget=low)
+            hi = by_seed(main, task=task, method=method, budget=high)
+            seeds = sorted(set(lo) & set(hi))
+            if not seeds:
+                cells.append(DASH)
+                continue
+            diffs = [hi[s] - lo[s] for s in seeds]
+            equal = sum(abs(d) < 1e-9 for d in diffs)
+            equal_all, pairs_all = equal_all + equal, pairs_all + len(seeds)
+            cells.append(f"{statistics.mean(diffs):+.2f} ({equal}/{len(seeds)} equal)")
+        same[method] = (equal_all, pairs_all)
+        rows.append([METHOD_LABEL[method], *cells])
+    header = ["Method", *[f"{TASK_LABEL[t]}: r̄{high_rank} − r̄{low_rank}" for t in tasks]]
+    return _table(header, rows), same
+
+
+def inert_methods(same: dict[str, tuple[int, int]]) -> list[str]:
+    return [m for m, (equal, pairs) in same.items() if pairs >= MIN_PAIRS and equal >= INERT_SHARE * pairs]
+
+
 def budget_table(main: pd.DataFrame) -> list[str]:
     rows = []
     for budget, avg_rank in _budgets(main):
@@ -358,9 +395,18 @@ def ablation_table(frame: pd.DataFrame) -> tuple[list[str], list[dict]]:
     return _table(header, rows), found
 
 
-def claims(main, pairs_vs_lora, stds, relative, ablations, clock="wall") -> list[str]:
+def claims(main, pairs_vs_lora, stds, relative, ablations, clock="wall", same=None) -> list[str]:
     """The paper's claims, each with what these runs say (computed, not typed in)."""
     lines = []
+    for method in inert_methods(same or {}):
+        equal, pairs = same[method]
+        lines.append(
+            f"0. **Caveat: {METHOD_LABEL[method]} scores exactly the same at both budgets on {equal} of {pairs} "
+            'seed pairs** (see "Does the budget matter?" below): under this protocol its adapter has barely '
+            "moved the model by the end of training (measured in results/diagnostics/adapter_startup.md), "
+            "so its scores are those of the trained classifier head, and comparisons against it do not test "
+            "rank allocation."
+        )
     cells = [(t, b) for b, _ in _budgets(main) for t in _tasks(main)]
     best_in = 0
     for task, budget in cells:
@@ -459,6 +505,21 @@ def coverage(main: pd.DataFrame) -> list[str]:
     return lines
 
 
+def remaining_hours(main: pd.DataFrame) -> tuple[int, float]:
+    """Main-grid runs still missing, and their wall time at each task's mean wall time per finished run
+    (the mean over all tasks where a task has none yet)."""
+    overall = main["wall_time_s"].mean()
+    missing, seconds = 0, 0.0
+    for task, planned in PLANNED_SEEDS.items():
+        rows = main[main["task"] == task]
+        per_run = rows["wall_time_s"].mean() if len(rows) else overall
+        for budget in ("r2", "r8"):
+            for method in METHOD_ORDER:
+                n = planned - int(((rows["budget"] == budget) & (rows["method"] == method)).sum())
+                missing, seconds = missing + max(n, 0), seconds + max(n, 0) * per_run
+    return missing, seconds / 3600
+
+
 # -- the write-up ----------------------------------------------------------------------------------
 def render(records: list[dict], figure_names: list[str]) -> str:
     frame = study_frame(records)
@@ -470,6 +531,7 @@ def render(records: list[dict], figure_names: list[str]) -> str:
     spread, stds = spread_table(main)
     times, relative, clock = time_table(main)
     ablation, ablations = ablation_table(frame)
+    response, same = budget_response_table(main)
     threads = sorted({int(t) for t in frame["threads"].dropna()})
     out = [
         "# CPU mini-reproduction: LoRA, AdaLoRA, IncreLoRA and TriAdaptLoRA on real GLUE",
@@ -488,10 +550,17 @@ def render(records: list[dict], figure_names: list[str]) -> str:
     if missing:
         out += ["**Incomplete grid** — seeds finished per method where fewer than planned:", ""]
         out += [f"- {m}" for m in missing] + [""]
+        left, hours = remaining_hours(main)
+        out += [
+            f"Still to run: {left} main-grid runs, about {hours:.1f} h of run wall time summed at each task's "
+            "mean so far (about half that elapsed with two runs at a time, as `make cpu-repro JOBS=2` runs "
+            "them), plus the ablations.",
+            "",
+        ]
     out += [
         "## Claims of the paper, checked at this scale",
         "",
-        *claims(main, pairs, stds, relative, ablations, clock),
+        *claims(main, pairs, stds, relative, ablations, clock, same),
         "",
     ]
     out += ["## Results (mean ± std over seeds, n)", "", *results_table(main), ""]
@@ -507,6 +576,17 @@ def render(records: list[dict], figure_names: list[str]) -> str:
     ]
     out += ["## Spread over seeds (sample std)", "", *spread, ""]
     out += ["## Budgets reached", "", *budget_table(main), ""]
+    if response:
+        out += [
+            "## Does the budget matter?",
+            "",
+            "Best dev score at the larger average rank minus the smaller, paired by seed (mean), and the seed "
+            "pairs whose two scores are exactly equal. A method whose adapter has not moved the model scores "
+            "the same at every budget.",
+            "",
+            *response,
+            "",
+        ]
     out += [
         "## Training loss at the end",
         "",

@@ -140,3 +140,28 @@ def test_write_report_writes_readme_and_figures(tmp_path):
     pngs = [p for p in paths if p.suffix == ".png"]
     assert pngs and all(p.is_file() for p in pngs)
     assert all(f"figures/{p.name}" in readme for p in pngs)
+
+
+def test_a_method_scoring_the_same_at_both_budgets_is_flagged_inert():
+    records = []
+    for seed in (41, 42, 43):
+        records += [repro_record("rte", "adalora", r, seed, 0.5 + seed / 1000) for r in (2, 8)]  # equal
+        records += [repro_record("rte", "lora", r, seed, 0.5 + r / 100 + seed / 1000) for r in (2, 8)]
+    main = rr.study_frame(records)
+    lines, same = rr.budget_response_table(main)
+    assert same == {"lora": (0, 3), "adalora": (3, 3)}
+    assert "| AdaLoRA | +0.00 (3/3 equal) |" in lines and "| LoRA | +6.00 (0/3 equal) |" in lines
+    assert rr.inert_methods(same) == ["adalora"]
+    text = rr.render(records, [])
+    assert "Caveat: AdaLoRA scores exactly the same at both budgets on 3 of 3 seed pairs" in text
+    assert "Caveat: LoRA" not in text
+    assert rr.inert_methods({"adalora": (2, 2)}) == []  # too few pairs to call
+
+
+def test_remaining_time_counts_missing_runs_at_each_tasks_mean_wall_time():
+    records = [repro_record("rte", "lora", 8, s, 0.6, wall=w) for s, w in ((41, 100.0), (42, 300.0))]
+    left, hours = rr.remaining_hours(rr.study_frame(records))
+    planned = sum(rr.PLANNED_SEEDS.values()) * 2 * len(rr.METHOD_ORDER)
+    assert left == planned - 2
+    # every missing run costs RTE's mean, 200 s: the only task with runs sets the fallback too
+    assert hours == pytest.approx(left * 200 / 3600)
