@@ -111,7 +111,7 @@ def run_method(name: str, args) -> dict:
     for step, inputs in enumerate(itertools.islice(draws, args.steps), start=1):
         loss = model(**inputs).loss
         loss.backward()
-        train_losses.append(float(loss))
+        train_losses.append(loss.item())
         torch.nn.utils.clip_grad_norm_(
             [p for g in opt.param_groups for p in g["params"]], targs.max_grad_norm
         )

@@ -13,6 +13,7 @@ verdicts are computed, so they change when the records do.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import statistics
 from pathlib import Path
@@ -255,10 +256,12 @@ def spread_table(main: pd.DataFrame) -> tuple[list[str], dict[str, list[float]]]
     return _table(header, rows), stds
 
 
-INERT_SHARE = 0.75  # a method scoring identically at both budgets on this share of seed pairs is inert
+# A method whose adapter moves the encoder's output by less than this share of LoRA's (measured by
+# scripts/adapter_startup.py) is, in practice, training its classifier head alone.
+INERT_EFFECT_SHARE = 0.05
 
 
-def budget_response_table(main: pd.DataFrame) -> tuple[list[str], dict[str, tuple[int, int]]]:
+def budget_response_table(main: pd.DataFrame) -> tuple[list[str], dict[str, dict[str, tuple[int, int]]]]:
     """Per method and task, best score at the largest budget minus the smallest, paired by seed, and how
     many seed pairs score exactly the same: an adapter that has not moved the model scores the same
     at every budget (the classifier head alone decides), whatever the allocation does."""
@@ -267,10 +270,10 @@ def budget_response_table(main: pd.DataFrame) -> tuple[list[str], dict[str, tupl
         return [], {}
     (low, low_rank), (high, high_rank) = budgets[0], budgets[-1]
     tasks = _tasks(main)
-    same: dict[str, tuple[int, int]] = {}
+    same: dict[str, dict[str, tuple[int, int]]] = {}
     rows = []
     for method in _methods(main):
-        cells, equal_all, pairs_all = [], 0, 0
+        cells = []
         for task in tasks:
             lo = by_seed(main, task=task, method=method, budget=low)
             hi = by_seed(main, task=task, method=method, budget=high)
@@ -280,16 +283,88 @@ def budget_response_table(main: pd.DataFrame) -> tuple[list[str], dict[str, tupl
                 continue
             diffs = [hi[s] - lo[s] for s in seeds]
             equal = sum(abs(d) < 1e-9 for d in diffs)
-            equal_all, pairs_all = equal_all + equal, pairs_all + len(seeds)
+            same.setdefault(method, {})[task] = (equal, len(seeds))
             cells.append(f"{statistics.mean(diffs):+.2f} ({equal}/{len(seeds)} equal)")
-        same[method] = (equal_all, pairs_all)
         rows.append([METHOD_LABEL[method], *cells])
     header = ["Method", *[f"{TASK_LABEL[t]}: r̄{high_rank} − r̄{low_rank}" for t in tasks]]
     return _table(header, rows), same
 
 
-def inert_methods(same: dict[str, tuple[int, int]]) -> list[str]:
-    return [m for m, (equal, pairs) in same.items() if pairs >= MIN_PAIRS and equal >= INERT_SHARE * pairs]
+def load_startup(path: str | Path) -> dict | None:
+    """scripts/adapter_startup.py's measurement: task, budget, steps and each method's adapter effect at
+    the last step; None when it has not been run."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text())
+    rows = data.get("rows") or []
+    if not rows:
+        return None
+    meta = data.get("meta", {})
+    return {
+        "task": meta.get("task"),
+        "budget": meta.get("budget"),
+        "steps": max(r["points"][-1]["step"] for r in rows),
+        "effect": {r["method"]: r["points"][-1]["effect"] for r in rows},
+        "source": path.with_suffix(".md").as_posix(),
+    }
+
+
+def inert_methods(same: dict[str, dict[str, tuple[int, int]]], startup: dict | None = None) -> list[str]:
+    """Methods whose adapter has barely moved the model: measured directly (adapter effect below
+    ``INERT_EFFECT_SHARE`` of LoRA's), or seen in the scores (every one of at least ``MIN_PAIRS`` seed pairs
+    of some task scores exactly the same at both budgets)."""
+    flagged = set()
+    effect = (startup or {}).get("effect", {})
+    if effect.get(REFERENCE):
+        flagged |= {
+            m for m, e in effect.items() if m != REFERENCE and e < INERT_EFFECT_SHARE * effect[REFERENCE]
+        }
+    for method, per_task in same.items():
+        if any(pairs >= MIN_PAIRS and equal == pairs for equal, pairs in per_task.values()):
+            flagged.add(method)
+    return [m for m in METHOD_ORDER if m in flagged]
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2g}%" if x < 0.1 else f"{100 * x:.0f}%"
+
+
+def inert_caveat(methods: list[str], same: dict, startup: dict | None) -> list[str]:
+    if not methods:
+        return []
+    names = " and ".join(METHOD_LABEL[m] for m in methods)
+    parts = [
+        f"0. **Caveat: {names} barely move{'s' if len(methods) == 1 else ''} the model under this protocol.**"
+    ]
+    effect = (startup or {}).get("effect", {})
+    if all(m in effect for m in methods):
+        others = [m for m in METHOD_ORDER if m in effect and m not in methods]
+        parts.append(
+            f"Measured on {TASK_LABEL.get(startup['task'], startup['task'])} (budget {startup['budget']}, "
+            f"{startup['steps']} steps; {startup['source']}), the adapter changes the "
+            "encoder's last hidden state by "
+            + ", ".join(f"{_pct(effect[m])} ({METHOD_LABEL[m]})" for m in methods)
+            + (
+                ", against " + ", ".join(f"{_pct(effect[m])} ({METHOD_LABEL[m]})" for m in others)
+                if others
+                else ""
+            )
+            + "."
+        )
+    for m in methods:
+        tasks = [t for t, (equal, pairs) in same.get(m, {}).items() if equal == pairs]
+        if tasks:
+            parts.append(
+                f"{METHOD_LABEL[m]} scores exactly the same at both budgets on every seed pair of "
+                + ", ".join(f"{TASK_LABEL[t]} ({same[m][t][1]})" for t in tasks)
+                + '; see "Does the budget matter?" below.'
+            )
+    parts.append(
+        "Their scores are then mostly those of the trained classifier head: comparisons against them test "
+        "how well the protocol (lr, epochs) suits their initialisation, not their rank allocation."
+    )
+    return [" ".join(parts)]
 
 
 def budget_table(main: pd.DataFrame) -> list[str]:
@@ -395,18 +470,12 @@ def ablation_table(frame: pd.DataFrame) -> tuple[list[str], list[dict]]:
     return _table(header, rows), found
 
 
-def claims(main, pairs_vs_lora, stds, relative, ablations, clock="wall", same=None) -> list[str]:
+def claims(
+    main, pairs_vs_lora, stds, relative, ablations, clock="wall", same=None, startup=None
+) -> list[str]:
     """The paper's claims, each with what these runs say (computed, not typed in)."""
-    lines = []
-    for method in inert_methods(same or {}):
-        equal, pairs = same[method]
-        lines.append(
-            f"0. **Caveat: {METHOD_LABEL[method]} scores exactly the same at both budgets on {equal} of {pairs} "
-            'seed pairs** (see "Does the budget matter?" below): under this protocol its adapter has barely '
-            "moved the model by the end of training (measured in results/diagnostics/adapter_startup.md), "
-            "so its scores are those of the trained classifier head, and comparisons against it do not test "
-            "rank allocation."
-        )
+    same = same or {}
+    lines = inert_caveat(inert_methods(same, startup), same, startup)
     cells = [(t, b) for b, _ in _budgets(main) for t in _tasks(main)]
     best_in = 0
     for task, budget in cells:
@@ -521,7 +590,7 @@ def remaining_hours(main: pd.DataFrame) -> tuple[int, float]:
 
 
 # -- the write-up ----------------------------------------------------------------------------------
-def render(records: list[dict], figure_names: list[str]) -> str:
+def render(records: list[dict], figure_names: list[str], startup: dict | None = None) -> str:
     frame = study_frame(records)
     if frame.empty:
         return "# CPU mini-reproduction\n\nNo finished runs of the `cpu-repro` study yet: run `make cpu-repro`.\n"
@@ -560,7 +629,7 @@ def render(records: list[dict], figure_names: list[str]) -> str:
     out += [
         "## Claims of the paper, checked at this scale",
         "",
-        *claims(main, pairs, stds, relative, ablations, clock, same),
+        *claims(main, pairs, stds, relative, ablations, clock, same, startup),
         "",
     ]
     out += ["## Results (mean ± std over seeds, n)", "", *results_table(main), ""]
@@ -604,7 +673,11 @@ def render(records: list[dict], figure_names: list[str]) -> str:
     return "\n".join(out)
 
 
-def write_report(runs_dir: str | Path, out_dir: str | Path) -> list[Path]:
+def write_report(
+    runs_dir: str | Path,
+    out_dir: str | Path,
+    startup: str | Path = "results/diagnostics/adapter_startup.json",
+) -> list[Path]:
     records = load_records(runs_dir)
     out = Path(out_dir)
     (out / "figures").mkdir(parents=True, exist_ok=True)
@@ -617,7 +690,7 @@ def write_report(runs_dir: str | Path, out_dir: str | Path) -> list[Path]:
             paths += save(fig, out / "figures" / "_".join([kind, *([budget] if budget else [])]))
     names = [p.name for p in paths if p.suffix == ".png"]
     readme = out / "README.md"
-    atomic_write_text(readme, render(records, names))
+    atomic_write_text(readme, render(records, names, load_startup(startup)))
     return [readme, *paths]
 
 
@@ -625,8 +698,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", default="results/runs")
     parser.add_argument("--out", default="results/cpu-repro")
+    parser.add_argument(
+        "--startup",
+        default="results/diagnostics/adapter_startup.json",
+        help="scripts/adapter_startup.py's output",
+    )
     args = parser.parse_args(argv)
-    for path in write_report(args.runs, args.out):
+    for path in write_report(args.runs, args.out, args.startup):
         print(path)
 
 

@@ -3,6 +3,7 @@ rendered README on hand-made records."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -149,13 +150,34 @@ def test_a_method_scoring_the_same_at_both_budgets_is_flagged_inert():
         records += [repro_record("rte", "lora", r, seed, 0.5 + r / 100 + seed / 1000) for r in (2, 8)]
     main = rr.study_frame(records)
     lines, same = rr.budget_response_table(main)
-    assert same == {"lora": (0, 3), "adalora": (3, 3)}
+    assert same == {"lora": {"rte": (0, 3)}, "adalora": {"rte": (3, 3)}}
     assert "| AdaLoRA | +0.00 (3/3 equal) |" in lines and "| LoRA | +6.00 (0/3 equal) |" in lines
     assert rr.inert_methods(same) == ["adalora"]
     text = rr.render(records, [])
-    assert "Caveat: AdaLoRA scores exactly the same at both budgets on 3 of 3 seed pairs" in text
-    assert "Caveat: LoRA" not in text
-    assert rr.inert_methods({"adalora": (2, 2)}) == []  # too few pairs to call
+    assert "Caveat: AdaLoRA barely moves the model" in text
+    assert "AdaLoRA scores exactly the same at both budgets on every seed pair of RTE (3)" in text
+    assert rr.inert_methods({"adalora": {"rte": (2, 2)}}) == []  # too few pairs to call
+    assert rr.inert_methods({"adalora": {"rte": (3, 4)}}) == []  # one pair differs: the adapter counts
+
+
+def test_a_method_whose_measured_adapter_effect_is_tiny_is_flagged_inert(tmp_path):
+    points = lambda effect: [{"step": 0, "effect": 0.0}, {"step": 234, "effect": effect}]  # noqa: E731
+    rows = [
+        {"method": "lora", "points": points(0.38)},
+        {"method": "increlora", "points": points(0.0065)},
+        {"method": "triadapt", "points": points(0.28)},
+    ]
+    path = tmp_path / "adapter_startup.json"
+    path.write_text(json.dumps({"meta": {"task": "rte", "budget": "r8"}, "rows": rows}))
+    startup = rr.load_startup(path)
+    assert startup["steps"] == 234 and startup["effect"]["increlora"] == 0.0065
+    assert rr.inert_methods({}, startup) == ["increlora"]
+    records = [repro_record("rte", m, r, 41, 0.5 + r / 100) for m in ("lora", "increlora") for r in (2, 8)]
+    text = rr.render(records, [], startup)
+    assert "Caveat: IncreLoRA barely moves the model" in text
+    assert "0.65% (IncreLoRA), against 38% (LoRA), 28% (TriAdaptLoRA)" in text
+    assert rr.load_startup(tmp_path / "missing.json") is None
+    assert "Caveat" not in rr.render(records, [])
 
 
 def test_remaining_time_counts_missing_runs_at_each_tasks_mean_wall_time():
