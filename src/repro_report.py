@@ -259,6 +259,7 @@ def spread_table(main: pd.DataFrame) -> tuple[list[str], dict[str, list[float]]]
 # A method whose adapter moves the encoder's output by less than this share of LoRA's (measured by
 # scripts/adapter_startup.py) is, in practice, training its classifier head alone.
 INERT_EFFECT_SHARE = 0.05
+STARTUP = "results/diagnostics/adapter_startup.json"  # scripts/adapter_startup.py's untagged output
 
 
 def budget_response_table(main: pd.DataFrame) -> tuple[list[str], dict[str, dict[str, tuple[int, int]]]]:
@@ -340,17 +341,11 @@ def inert_caveat(methods: list[str], same: dict, startup: dict | None) -> list[s
     effect = (startup or {}).get("effect", {})
     if all(m in effect for m in methods):
         others = [m for m in METHOD_ORDER if m in effect and m not in methods]
+        measured = lambda ms: ", ".join(f"{_pct(effect[m])} ({METHOD_LABEL[m]})" for m in ms)  # noqa: E731
         parts.append(
             f"Measured on {TASK_LABEL.get(startup['task'], startup['task'])} (budget {startup['budget']}, "
-            f"{startup['steps']} steps; {startup['source']}), the adapter changes the "
-            "encoder's last hidden state by "
-            + ", ".join(f"{_pct(effect[m])} ({METHOD_LABEL[m]})" for m in methods)
-            + (
-                ", against " + ", ".join(f"{_pct(effect[m])} ({METHOD_LABEL[m]})" for m in others)
-                if others
-                else ""
-            )
-            + "."
+            f"{startup['steps']} steps; {startup['source']}), the adapter changes the encoder's last hidden "
+            f"state by {measured(methods)}" + (f", against {measured(others)}." if others else ".")
         )
     for m in methods:
         tasks = [t for t, (equal, pairs) in same.get(m, {}).items() if equal == pairs]
@@ -676,7 +671,7 @@ def render(records: list[dict], figure_names: list[str], startup: dict | None = 
 def write_report(
     runs_dir: str | Path,
     out_dir: str | Path,
-    startup: str | Path = "results/diagnostics/adapter_startup.json",
+    startup: str | Path = STARTUP,
 ) -> list[Path]:
     records = load_records(runs_dir)
     out = Path(out_dir)
@@ -698,11 +693,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", default="results/runs")
     parser.add_argument("--out", default="results/cpu-repro")
-    parser.add_argument(
-        "--startup",
-        default="results/diagnostics/adapter_startup.json",
-        help="scripts/adapter_startup.py's output",
-    )
+    parser.add_argument("--startup", default=STARTUP, help="scripts/adapter_startup.py's output")
     args = parser.parse_args(argv)
     for path in write_report(args.runs, args.out, args.startup):
         print(path)
