@@ -187,3 +187,18 @@ def test_remaining_time_counts_missing_runs_at_each_tasks_mean_wall_time():
     assert left == planned - 2
     # every missing run costs RTE's mean, 200 s: the only task with runs sets the fallback too
     assert hours == pytest.approx(left * 200 / 3600)
+
+
+def test_unfinished_ablations_are_counted_and_too_few_seeds_give_no_schedule_verdict():
+    records = grid()
+    records += [repro_record("rte", "triadapt", 8, 41, 0.7, schedule="fixed", top_h=15)]
+    text = rr.render(records, [])
+    planned = sum(n * rr.PLANNED_SEEDS[t] for t, n in rr.PLANNED_ABLATIONS.items())
+    assert f"Ablations: 4 of {planned} planned runs finished (RTE 4/20, MRPC 0/20)" in text
+    assert "1 significantly worse, 0 unresolved, 1 with fewer than 3 seeds so far" in text
+    only_one_seed = [r for r in grid() if r["config"]["method"].get("schedule") != "exponential"]
+    only_one_seed += [repro_record("rte", "triadapt", 8, 41, 0.7, schedule="fixed", top_h=15)]
+    assert (
+        "schedule against linear: 0 significantly better than linear, 0 significantly worse, 0 unresolved, 1 with fewer than 3 seeds so far. **Not testable yet.**"
+        in rr.render(only_one_seed, [])
+    )
