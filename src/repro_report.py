@@ -331,6 +331,10 @@ def inert_methods(same: dict[str, dict[str, tuple[int, int]]], startup: dict | N
     return [m for m in METHOD_ORDER if m in flagged]
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def _pct(x: float) -> str:
     return f"{100 * x:.2g}%" if x < 0.1 else f"{100 * x:.0f}%"
 
@@ -489,7 +493,7 @@ def claims(
     lines.append(
         f"1. **TriAdaptLoRA beats LoRA, AdaLoRA and IncreLoRA.** It has the highest mean in {best_in} of "
         f"{len(cells)} task × budget cells. Against LoRA, paired over seeds, its 95% t-interval lies above "
-        f"zero in {counts['better']} cells, below zero in {counts['worse']}, and contains zero in "
+        f"zero in {_count(counts['better'], 'cell')}, below zero in {counts['worse']}, and contains zero in "
         f"{counts['unresolved']}. "
         + (
             "**Not testable yet**: no cell has three seeds of both methods."
@@ -547,8 +551,8 @@ def claims(
         better = [a for a in schedules if verdict(a["diff"]) == "better"]
         count = {k: sum(verdict(a["diff"]) == k for a in schedules) for k in ("worse", "unresolved", "n/a")}
         lines.append(
-            f"4. **The linear schedule is best.** {len(schedules)} paired comparisons of another schedule "
-            f"against linear: {len(better)} significantly better than linear, "
+            f"4. **The linear schedule is best.** {_count(len(schedules), 'paired comparison')} of another "
+            f"schedule against linear: {len(better)} significantly better than linear, "
             f"{count['worse']} significantly worse, {count['unresolved']} unresolved"
             + (f", {count['n/a']} with fewer than {MIN_PAIRS} seeds so far" if count["n/a"] else "")
             + ". "

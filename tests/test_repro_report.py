@@ -80,6 +80,7 @@ def test_render_reports_means_pairs_and_computed_claims():
     assert "| RTE | 8 | TriAdaptLoRA | +2.00 [" in text and "3/3 seeds) | better |" in text
     assert "| RTE | 8 | AdaLoRA | -1.00 [" in text and "0/3 seeds) | worse |" in text
     assert "highest mean in 1 of 1 task × budget cells" in text
+    assert "t-interval lies above zero in 1 cell, below zero in 0" in text
     # wall time per step relative to LoRA: 1.20 AdaLoRA, 1.30 IncreLoRA, 1.10 TriAdaptLoRA: a gap of
     # 0.10 is within what machine load explains, so no verdict either way
     assert "TriAdaptLoRA 1.10×" in text and "**Not resolved**: the gaps are within the ±0.10" in text
@@ -199,6 +200,6 @@ def test_unfinished_ablations_are_counted_and_too_few_seeds_give_no_schedule_ver
     only_one_seed = [r for r in grid() if r["config"]["method"].get("schedule") != "exponential"]
     only_one_seed += [repro_record("rte", "triadapt", 8, 41, 0.7, schedule="fixed", top_h=15)]
     assert (
-        "schedule against linear: 0 significantly better than linear, 0 significantly worse, 0 unresolved, 1 with fewer than 3 seeds so far. **Not testable yet.**"
+        "1 paired comparison of another schedule against linear: 0 significantly better than linear, 0 significantly worse, 0 unresolved, 1 with fewer than 3 seeds so far. **Not testable yet.**"
         in rr.render(only_one_seed, [])
     )
