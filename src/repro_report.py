@@ -588,10 +588,14 @@ def ablation_coverage(frame: pd.DataFrame) -> str | None:
     planned = {t: n * PLANNED_SEEDS[t] for t, n in PLANNED_ABLATIONS.items()}
     if all(done[t] >= planned[t] for t in planned):
         return None
+    left = sum(max(planned[t] - done[t], 0) for t in planned)
+    # an ablation run costs what one finished so far did (else a main-grid run of the study)
+    per_run = (ablated if len(ablated) else frame)["wall_time_s"].mean()
     return (
         f"Ablations: {sum(done.values())} of {sum(planned.values())} planned runs finished ("
         + ", ".join(f"{TASK_LABEL[t]} {done[t]}/{planned[t]}" for t in planned)
-        + "); the ablation table and claim 4 use the seeds finished so far."
+        + f"); the {left} still to run take about {left * per_run / 3600:.1f} h of run wall time summed. "
+        "The ablation table and claim 4 use the seeds finished so far."
     )
 
 

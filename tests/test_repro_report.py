@@ -196,6 +196,8 @@ def test_unfinished_ablations_are_counted_and_too_few_seeds_give_no_schedule_ver
     text = rr.render(records, [])
     planned = sum(n * rr.PLANNED_SEEDS[t] for t, n in rr.PLANNED_ABLATIONS.items())
     assert f"Ablations: 4 of {planned} planned runs finished (RTE 4/20, MRPC 0/20)" in text
+    # each of the 36 left costs the 100 s the finished ablation runs took
+    assert f"the {planned - 4} still to run take about {(planned - 4) * 100 / 3600:.1f} h" in text
     assert "1 significantly worse, 0 unresolved, 1 with fewer than 3 seeds so far" in text
     only_one_seed = [r for r in grid() if r["config"]["method"].get("schedule") != "exponential"]
     only_one_seed += [repro_record("rte", "triadapt", 8, 41, 0.7, schedule="fixed", top_h=15)]
