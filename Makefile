@@ -59,10 +59,10 @@ cpu-repro: ## the CPU mini-reproduction (issue #7): runs what is missing (CHUNKS
 		--jobs $(or $(JOBS),1) $(foreach c,$(CHUNKS),--chunk $(c)) $(SWEEP_ARGS)
 
 tables: ## Markdown + LaTeX tables from RUNS (results/runs) into TABLES_DIR (results/tables); ANCHORS=1 adds published rows
-	$(PY) -m src.report --runs $(RUNS) --out $(TABLES_DIR) $(if $(ANCHORS),--anchors)
+	$(PY) -m src.reporting.tables --runs $(RUNS) --out $(TABLES_DIR) $(if $(ANCHORS),--anchors)
 
 figures: ## PNG + PDF figures from RUNS (results/runs) into FIGURES_DIR (results/figures)
-	$(PY) -m src.plots --runs $(RUNS) --out $(FIGURES_DIR)
+	$(PY) -m src.reporting.figures --runs $(RUNS) --out $(FIGURES_DIR)
 
 notebooks: ## execute notebooks/*.ipynb on RUNS; executed copies go to results/notebooks/
 	$(PY) scripts/run_notebooks.py --runs $(RUNS) --out results/notebooks

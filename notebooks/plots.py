@@ -11,7 +11,7 @@
 # %% [markdown]
 # # Figures from the run records
 #
-# Renders the figures of `src/plots.py` (the same as `make figures` writes to `results/figures/`) from
+# Renders the figures of `src/reporting/figures.py` (the same as `make figures` writes to `results/figures/`) from
 # the run records in `results/runs/`, or in `$REPORT_RUNS_DIR`: final rank allocation heatmaps of the
 # adaptive methods, the rank budget over training, the primary dev metric over training, and the seed
 # spread per task. This notebook only renders.
@@ -23,8 +23,8 @@ from pathlib import Path
 from IPython.display import Image, Markdown, display
 
 import src
-from src.plots import figure_png, group_figures, selected_runs
-from src.report import load_records
+from src.reporting.figures import figure_png, group_figures, selected_runs
+from src.reporting.tables import load_records
 
 ROOT = Path(src.__file__).resolve().parents[1]
 RUNS_DIR = Path(os.environ.get("REPORT_RUNS_DIR", ROOT / "results" / "runs"))

@@ -11,9 +11,9 @@
 # %% [markdown]
 # # Paper tables from the run records
 #
-# Renders the tables of `src/report.py` (the same as `make tables` writes to `results/tables/`) from the
+# Renders the tables of `src/reporting/tables.py` (the same as `make tables` writes to `results/tables/`) from the
 # run records in `results/runs/`, or in `$REPORT_RUNS_DIR`. This notebook only renders: every number
-# comes from `src.report`. Set `REPORT_ANCHORS=1` to show the published rows of spec §8 beside ours.
+# comes from `src.reporting.tables`. Set `REPORT_ANCHORS=1` to show the published rows of spec §8 beside ours.
 
 # %%
 import os
@@ -22,7 +22,7 @@ from pathlib import Path
 from IPython.display import Markdown, display
 
 import src
-from src.report import build_tables, load_records
+from src.reporting.tables import build_tables, load_records
 
 ROOT = Path(src.__file__).resolve().parents[1]
 RUNS_DIR = Path(os.environ.get("REPORT_RUNS_DIR", ROOT / "results" / "runs"))

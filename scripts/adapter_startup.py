@@ -32,12 +32,12 @@ sys.path.insert(0, str(ROOT))
 from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
-from src.backbones import load_model, load_tokenizer  # noqa: E402
+from src.lr_schedule import GroupLambdaLR, linear_warmup_decay  # noqa: E402
 from src.methods import get_method  # noqa: E402
 from src.records import git_state, package_versions  # noqa: E402
-from src.schedule import GroupLambdaLR, linear_warmup_decay  # noqa: E402
+from src.runtime.backbones import load_model, load_tokenizer  # noqa: E402
+from src.runtime.trainer import make_adamw, training_arguments  # noqa: E402
 from src.tasks import optimizer_steps, prepare_task  # noqa: E402
-from src.trainer import make_adamw, training_arguments  # noqa: E402
 
 
 def protocol(task: str, method: str, budget: str, data_dir: str, overrides: list[str]):

@@ -37,11 +37,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from src.backbones import load_model  # noqa: E402
+from src.lr_schedule import GroupLambdaLR, linear_warmup_decay  # noqa: E402
 from src.methods import METHODS, get_method  # noqa: E402
 from src.records import git_state, package_versions  # noqa: E402
-from src.schedule import GroupLambdaLR, linear_warmup_decay  # noqa: E402
-from src.trainer import OPTIMIZERS  # noqa: E402
+from src.runtime.backbones import load_model  # noqa: E402
+from src.runtime.trainer import OPTIMIZERS  # noqa: E402
 
 HEADS = ["classifier", "pooler"]
 TOTAL_STEP = 10_000  # nominal T: keeps every schedule in its active phase during the measurement

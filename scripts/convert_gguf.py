@@ -22,8 +22,8 @@ from transformers import AutoModelForCausalLM, GgufConfig
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a file: make `src` importable
 
-from src.backbones import load_tokenizer  # noqa: E402
 from src.hub import resolve_local  # noqa: E402
+from src.runtime.backbones import load_tokenizer  # noqa: E402
 
 
 def convert(backbone_yaml: Path, out_dir: Path) -> Path:

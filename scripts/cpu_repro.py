@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
             run_queue(queue, args.jobs)
     if args.list:
         return 0
-    from src.repro_report import write_report
+    from src.reporting.cpu_repro import write_report
 
     for path in write_report(args.runs, args.out):
         print(path)

@@ -4,7 +4,7 @@
     python scripts/wandb_import.py --project my-team/triadaptlora-repro [--filters '{"state": "finished"}']
 
 Records go to ``--out`` (default results/runs/) as ``<run_id>.json``; existing records are kept unless
-``--overwrite``. How a record is recovered is documented in src/wandb_import.py.
+``--overwrite``. How a record is recovered is documented in src/reporting/wandb_import.py.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from src.wandb_import import (  # noqa: E402  (after the path fix, as a script)
+from src.reporting.wandb_import import (  # noqa: E402  (after the path fix, as a script)
     find_offline_runs,
     latest_per_run,
     record_from_offline_run,

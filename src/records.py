@@ -20,6 +20,16 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+# How a record is mirrored in W&B (src/runtime/tracking.py) and read back (src/reporting/wandb_import.py).
+WANDB_RECORD_FILE = "run_record.json"  # the run record, saved among the W&B run's files
+BUDGET_SCALARS = {
+    "budget/allocated_params": "trainable_total",
+    "budget/effective_params": "effective_adapter",
+    "budget/total_rank": "total_rank",
+    "budget/adapter_params": "trainable_adapter",
+    "budget/spare_params": "trainable_spare",
+}
+
 PACKAGES = (
     "torch",
     "transformers",

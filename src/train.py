@@ -19,17 +19,17 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from transformers import set_seed
 
-from src import distributed
-from src.backbones import load_model, load_tokenizer
-from src.checkpoints import checkpoint_step, prepare_run_dir
-from src.data import DataError
 from src.hub import HubUnavailableError, ensure_offline_mode_if_unreachable
-from src.hydra_callbacks import write_job_status
 from src.methods import get_method
 from src.records import default_run_id, find_ok_record, load_record
+from src.runtime import distributed
+from src.runtime.backbones import load_model, load_tokenizer
+from src.runtime.checkpoints import checkpoint_step, prepare_run_dir
+from src.runtime.sweep_callbacks import write_job_status
+from src.runtime.tracking import RunTracker
+from src.runtime.trainer import AdapterTrainer, MethodCallback, training_arguments
 from src.tasks import optimizer_steps, prepare_task
-from src.tracking import RunTracker
-from src.trainer import AdapterTrainer, MethodCallback, training_arguments
+from src.tasks.sources import DataError
 
 log = logging.getLogger("src.train")
 # Errors that mean "the configuration or the data is wrong": one line, no traceback.

@@ -7,11 +7,11 @@ import time
 import pytest
 from omegaconf import OmegaConf
 
-from src.backbones import load_model, load_tokenizer
-from src.data import DataError
 from src.hub import HubUnavailableError
 from src.methods import get_method
+from src.runtime.backbones import load_model, load_tokenizer
 from src.tasks import prepare_task
+from src.tasks.sources import DataError
 from src.train import train
 from tests.conftest import CONFIG_DIR
 

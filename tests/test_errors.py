@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from src.data import DataError
 from src.hub import HubUnavailableError
-from src.hydra_callbacks import format_summary, summarise_sweep
+from src.runtime.sweep_callbacks import format_summary, summarise_sweep
+from src.tasks.sources import DataError
 from src.train import train
 from tests.test_end_to_end import cli, records
 

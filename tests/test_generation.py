@@ -10,15 +10,15 @@ import torch
 from omegaconf import OmegaConf
 from transformers import AutoConfig, AutoModelForCausalLM, EvalPrediction
 
-from src.backbones import load_tokenizer
-from src.generation import (
+from src.runtime.backbones import load_tokenizer
+from src.tasks import prepare_task
+from src.tasks.summarisation import (
     encode_prompt_completion,
     encode_seq2seq,
     one_sentence_per_line,
     prompts_from_labels,
     rouge,
 )
-from src.tasks import prepare_task
 from src.train import train
 from tests.conftest import CONFIG_DIR
 

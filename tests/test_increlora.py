@@ -1,7 +1,7 @@
 """IncreLoRA against the properties of shared/spec/methods.md §7 (toy MLP and tiny DeBERTa, CPU).
 
 Training helpers call the hook in HF Trainer's order (``optimizer.step``, ``method.step``,
-``lr_scheduler.step``, ``zero_grad``), the order ``src/trainer.py`` runs it in.
+``lr_scheduler.step``, ``zero_grad``), the order ``src/runtime/trainer.py`` runs it in.
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch import nn
 
-from src.backbones import load_model
-from src.methods import common, get_method
+from src.lr_schedule import GroupLambdaLR, linear_warmup_decay
+from src.methods import get_method, growing
 from src.methods.increlora import IncreLoRA, IncreLoRAConfig, IncreLoRALinear
-from src.schedule import GroupLambdaLR, linear_warmup_decay
+from src.runtime.backbones import load_model
 from tests.conftest import ToyMLP
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -371,7 +371,7 @@ def test_clipped_last_growth_splits_the_spare_and_moves_its_optimizer_rows():
 def test_regularizer_equals_independent_computation(include_spare):
     method, model = adapted("toy", orth_include_spare=include_spare, orth_reg_weight=0.3)
     train(method, model, *make_optim(method, model), steps=4)  # one growth: blocks [1, 1] in one module
-    config = common.get_info(model).config
+    config = growing.get_info(model).config
     batch = toy_batch(50)
     model.train()
     with torch.no_grad():
@@ -436,7 +436,7 @@ def test_merge_unmerge_and_unload_mid_growth():
     assert all(torch.allclose(layer.base_layer.weight, w0[name], atol=1e-5) for name, layer in layers.items())
     assert torch.allclose(logits(model, batch), unmerged, atol=1e-5)
     unloaded = method.merge_and_unload(model)
-    assert not any(isinstance(m, (IncreLoRALinear, common.HeadWrapper)) for m in unloaded.modules())
+    assert not any(isinstance(m, (IncreLoRALinear, growing.HeadWrapper)) for m in unloaded.modules())
     assert torch.allclose(logits(unloaded, batch), unmerged, atol=1e-4)
 
 
@@ -460,7 +460,7 @@ LOAD_SCRIPT = textwrap.dedent(
     import json, sys, torch
     from omegaconf import OmegaConf
     from safetensors.torch import save_file
-    from src.backbones import load_model
+    from src.runtime.backbones import load_model
     from src.methods import get_method
     out = {}
     budgets = {}
@@ -495,7 +495,7 @@ def test_save_load_in_a_fresh_process(tmp_path):
         assert method.growing(model) == (tag == "mid")
         method.save(model, str(tmp_path / tag))
         dirs[tag], expected[tag], keys[tag] = str(tmp_path / tag), logits(model, batch), model
-    meta = json.load(open(tmp_path / "done" / common.CONFIG_FILE))
+    meta = json.load(open(tmp_path / "done" / growing.CONFIG_FILE))
     assert meta["method"] == "increlora" and meta["growth_done"] is True
     assert sum(sum(blocks) for blocks in meta["rank_pattern"].values()) == 24
     assert meta["spare_pattern"] and meta["config"]["target_rank"] == 2
@@ -533,7 +533,7 @@ def test_load_rejects_corrupted_patterns(tmp_path):
     method, model = adapted("toy")
     train(method, model, *make_optim(method, model), steps=4)
     method.save(model, str(tmp_path))
-    path = tmp_path / common.CONFIG_FILE
+    path = tmp_path / growing.CONFIG_FILE
     good = json.loads(path.read_text())
     assert method.load(ToyMLP(), str(tmp_path)) is not None
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from src.backbones import load_model, load_tokenizer
+from src.runtime.backbones import load_model, load_tokenizer
 from src.train import train
 from tests.conftest import CONFIG_DIR
 

@@ -7,9 +7,9 @@ import copy
 import pytest
 import torch
 
-from src.backbones import load_model
+from src.lr_schedule import GroupLambdaLR, linear_warmup_decay
 from src.methods import get_method
-from src.schedule import GroupLambdaLR, linear_warmup_decay
+from src.runtime.backbones import load_model
 
 HEADS = ["classifier", "pooler"]
 T = 12

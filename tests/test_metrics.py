@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from src import metrics
+from src.tasks import glue_metrics as metrics
 
 
 def test_accuracy_counts_matches():

@@ -45,8 +45,8 @@ def test_times_of_a_resumed_run_add_the_attempts_up_to_the_checkpoint(tmp_path):
 
     from omegaconf import OmegaConf
 
-    from src.checkpoints import RECORD_FILE
-    from src.tracking import RunTracker
+    from src.runtime.checkpoints import RECORD_FILE
+    from src.runtime.tracking import RunTracker
 
     logger = OmegaConf.create({"backend": "none"})
     config = {"task": {"name": "rte"}, "method": {"name": "lora"}, "backbone": {"name": "b"}, "seed": 1}

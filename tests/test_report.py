@@ -14,9 +14,9 @@ import nbformat
 import pytest
 from omegaconf import OmegaConf
 
-from src import plots, report
-from src.tracking import WANDB_RECORD_FILE, RunTracker
-from src.wandb_import import (
+from src.reporting import figures as plots
+from src.reporting import tables as report
+from src.reporting.wandb_import import (
     find_offline_runs,
     iter_wandb_records,
     latest_per_run,
@@ -25,6 +25,7 @@ from src.wandb_import import (
     record_from_offline_run,
     records_from_api,
 )
+from src.runtime.tracking import WANDB_RECORD_FILE, RunTracker
 from tests.conftest import ROOT
 from tests.fixtures.records import fixture_records, record, write_fixture_records
 

@@ -1,4 +1,4 @@
-"""The CPU mini-reproduction write-up (src/repro_report.py): statistics worked by hand, and the
+"""The CPU mini-reproduction write-up (src/reporting/cpu_repro.py): statistics worked by hand, and the
 rendered README on hand-made records."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from src import repro_report as rr
+from src.reporting import cpu_repro as rr
 from tests.fixtures.records import record
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from src.checkpoints import complete_checkpoints, prepare_run_dir
+from src.runtime.checkpoints import complete_checkpoints, prepare_run_dir
 from tests.conftest import ROOT
 
 # Growth from step 10 to ~step 40 (events every 5 steps), checkpoints every 10 steps: a kill after

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from src.schedule import GroupLambdaLR, linear_warmup_decay, restart_warmup
+from src.lr_schedule import GroupLambdaLR, linear_warmup_decay, restart_warmup
 
 
 def make(total=10, warmup=2, lr=1.0):
@@ -64,7 +64,7 @@ def test_restart_warmup_group_born_near_the_end_still_reaches_zero_at_T():
 def test_trainer_builds_the_configured_adamw(tmp_path, optim, fused):
     from omegaconf import OmegaConf
 
-    from src.trainer import make_adamw, training_arguments
+    from src.runtime.trainer import make_adamw, training_arguments
 
     tr = OmegaConf.load("configs/trainer/default.yaml")
     tr.optim = optim

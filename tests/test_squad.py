@@ -10,9 +10,10 @@ from datasets import load_dataset
 from omegaconf import OmegaConf
 from transformers import EvalPrediction
 
-from src import qa, squad
-from src.backbones import load_tokenizer
+from src.runtime.backbones import load_tokenizer
 from src.tasks import prepare_task
+from src.tasks import question_answering as qa
+from src.tasks import squad_scorer as squad
 from src.train import train
 
 # q1 right, q2 half right, q3 correctly unanswered, q4 answered though unanswerable.

@@ -20,7 +20,8 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from src.methods import common, get_method
+from src.lr_schedule import GroupLambdaLR, linear_warmup_decay
+from src.methods import get_method, growing
 from src.methods.triadapt import (
     TriAdaptConfig,
     TriAdaptLinear,
@@ -29,7 +30,6 @@ from src.methods.triadapt import (
     dry_run_schedule,
     select_modules,
 )
-from src.schedule import GroupLambdaLR, linear_warmup_decay
 from tests.conftest import ToyMLP as MLP
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -82,7 +82,7 @@ _DEBERTA = {}
 
 
 def deberta(seed: int = 0) -> nn.Module:
-    from src.backbones import load_model
+    from src.runtime.backbones import load_model
 
     if seed not in _DEBERTA:
         _DEBERTA[seed] = load_model(OmegaConf.load(TINY), "seq_cls", 2, seed)
@@ -147,7 +147,7 @@ def train(method, model, batch, steps, lr=1e-2, wd=0.0, start=1, grow=True):
 def force_growth(model, sizes: dict[str, list[int]]):
     for name, blocks in sizes.items():
         for k in blocks:
-            common.adapter_layers(model)[name].grow(k)
+            growing.adapter_layers(model)[name].grow(k)
 
 
 def randomize(layer: TriAdaptLinear, seed=0, std=0.3):
@@ -325,7 +325,7 @@ def test_parameter_counts_match_closed_form():
         },
     )
     budget = method.budget(model)
-    layers = common.adapter_layers(model)
+    layers = growing.adapter_layers(model)
     expected = sum(closed_form(m.in_features, m.out_features, m.block_sizes()) for m in layers.values())
     heads = sum(p.numel() for n in ("classifier", "pooler") for p in deberta().get_submodule(n).parameters())
     assert budget["trainable_adapter"] == budget["effective_adapter"] == expected
@@ -386,16 +386,16 @@ def test_regulariser_is_added_inside_forward(reduction):
     model.eval()
     with torch.no_grad():
         plain = model(**batch).loss.item()
-        common.get_info(model).config.orth_reg_weight = 0.3
+        growing.get_info(model).config.orth_reg_weight = 0.3
         regular = model(**batch).loss.item()
-    layers = common.adapter_layers(model).values()
+    layers = growing.adapter_layers(model).values()
     total = 0.0
     for m in layers:
         A, B = m.factor_A(), m.factor_B()
         total += frob(A @ A.T - torch.eye(m.rank)) + frob(B.T @ B - torch.eye(m.rank))
     r_orth = total / (2 * len(layers) if reduction == "per_factor" else len(layers))
     assert abs((regular - plain) - 0.3 * r_orth) < 1e-6 * max(1.0, r_orth)
-    assert abs(common.get_info(model).last_regularizer.item() - 0.3 * r_orth) < 1e-5
+    assert abs(growing.get_info(model).last_regularizer.item() - 0.3 * r_orth) < 1e-5
 
 
 def test_training_forward_without_labels_raises():
@@ -419,31 +419,33 @@ def test_merge_unmerge_unload(kind):
     base_out = logits(copy.deepcopy(base), batch)
     method, model = TriAdaptLoRA(), adapt(base, config)
     train(method, model, batch, steps=3, lr=2e-2)
-    assert method.budget(model)["total_rank"] > len(common.adapter_layers(model))  # grown before merging
+    assert method.budget(model)["total_rank"] > len(growing.adapter_layers(model))  # grown before merging
     unmerged = logits(model, batch)
     assert (unmerged - base_out).abs().max() > 1e-3
-    w0 = {n: m.base_layer.weight.detach().clone() for n, m in common.adapter_layers(model).items()}
+    w0 = {n: m.base_layer.weight.detach().clone() for n, m in growing.adapter_layers(model).items()}
 
     method.merge(model)
     assert (logits(model, batch) - unmerged).abs().max() < 1e-4
-    merged_w = {n: m.base_layer.weight.detach().clone() for n, m in common.adapter_layers(model).items()}
+    merged_w = {n: m.base_layer.weight.detach().clone() for n, m in growing.adapter_layers(model).items()}
     with pytest.warns(UserWarning, match="already merged"):
         method.merge(model)
-    assert all(torch.equal(m.base_layer.weight, merged_w[n]) for n, m in common.adapter_layers(model).items())
+    assert all(
+        torch.equal(m.base_layer.weight, merged_w[n]) for n, m in growing.adapter_layers(model).items()
+    )
     with pytest.raises(RuntimeError, match="merged"):
         method.step(model, None, None, 4)
     with pytest.raises(RuntimeError, match="merged"):
-        next(iter(common.adapter_layers(model).values())).grow(1)
+        next(iter(growing.adapter_layers(model).values())).grow(1)
 
     method.unmerge(model)
     assert all(
-        (m.base_layer.weight - w0[n]).abs().max() < 1e-5 for n, m in common.adapter_layers(model).items()
+        (m.base_layer.weight - w0[n]).abs().max() < 1e-5 for n, m in growing.adapter_layers(model).items()
     )
     assert (logits(model, batch) - unmerged).abs().max() < 1e-5
 
     plain = method.merge_and_unload(model)
-    assert not any(isinstance(m, (TriAdaptLinear, common.HeadWrapper)) for m in plain.modules())
-    assert not hasattr(plain, common.INFO_ATTR)
+    assert not any(isinstance(m, (TriAdaptLinear, growing.HeadWrapper)) for m in plain.modules())
+    assert not hasattr(plain, growing.INFO_ATTR)
     assert (logits(plain, batch) - unmerged).abs().max() < 1e-4
 
 
@@ -513,7 +515,7 @@ def test_save_load_in_fresh_process(tmp_path):
             method, model = TriAdaptLoRA(), adapt(base, config, seed=5)
             if trained:
                 train(method, model, batch, steps=3, lr=2e-2)
-                assert any(len(m.block_sizes()) > 1 for m in common.adapter_layers(model).values())
+                assert any(len(m.block_sizes()) > 1 for m in growing.adapter_layers(model).values())
             directory = str(tmp_path / f"{kind}-{trained}")
             method.save(model, directory)
             torch.save(batch, directory + ".pt")
@@ -604,7 +606,7 @@ def run_schedule(config, scores=None, seed=0):
         record = method.step(model, None, None, t)
         if record is not None:
             events[t] = record
-        totals.append(sum(m.rank for m in common.adapter_layers(model).values()))
+        totals.append(sum(m.rank for m in growing.adapter_layers(model).values()))
     return method, model, events, totals
 
 
@@ -713,13 +715,13 @@ def test_real_scores_follow_norm_increments():
         Stack(),
         stack_config(score="increment", reference_rank=2, total_step=20, init_warmup=1, incre_interval=1),
     )
-    layers = list(common.adapter_layers(model).values())
+    layers = list(growing.adapter_layers(model).values())
     with torch.no_grad():  # T of module 4 grows most, then module 1; the others stay at N = 1
         layers[4].L[0].mul_(3.0)
         layers[1].L[0].mul_(2.0)
     record = method.step(model, None, None, 2)
     assert record["K"] == 1 and record["selected"] == ["layers.4"]  # K = floor(6 * 1/19) -> 1
-    prev = common.get_info(model).state["norm_prev"]
+    prev = growing.get_info(model).state["norm_prev"]
     assert prev["layers.4"] == pytest.approx(2.0) and prev["layers.1"] == pytest.approx(1.5)
     # the grown module is now compared with its pre-growth norm: T = diag(2, 1) gives N = sqrt(5)/2
     assert method.importance(model)[4] == pytest.approx(math.sqrt(5) / 2 - 2.0)

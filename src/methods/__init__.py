@@ -1,6 +1,15 @@
-"""Adapter methods, registered by name (the Hydra option ``method=<name>``)."""
+"""The adapter methods, one module each, registered by name (``method=<name>``).
 
-from src.methods import adalora, increlora, lora, triadapt  # noqa: F401  (registration side effects)
-from src.methods.base import METHODS, AdapterMethod, get_method
+Importing this package registers every method; ``get_method`` is the only way the loop finds one.
+"""
+
+from src.methods import adalora, increlora, lora, triadapt  # noqa: F401  (importing registers them)
+from src.methods.base import METHODS, AdapterMethod
 
 __all__ = ["METHODS", "AdapterMethod", "get_method"]
+
+
+def get_method(name: str) -> AdapterMethod:
+    if name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; choose one of: {', '.join(sorted(METHODS))}")
+    return METHODS[name]()

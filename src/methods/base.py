@@ -34,21 +34,13 @@ def register(name: str):
     return wrap
 
 
-def get_method(name: str) -> AdapterMethod:
-    from src import methods  # noqa: F401  (importing the package registers every method)
-
-    if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; choose one of: {', '.join(sorted(METHODS))}")
-    return METHODS[name]()
-
-
 class AdapterMethod(abc.ABC):
     """Base class with the defaults most methods share; subclasses override what differs."""
 
     name: ClassVar[str]
     config_class: ClassVar[type]
     # False makes the loop refuse WORLD_SIZE > 1. Every method here supports it: parameters grown
-    # after DDP has wrapped the model are synchronised by src/distributed.py.
+    # after DDP has wrapped the model are synchronised by src/runtime/distributed.py.
     supports_distributed: ClassVar[bool] = True
 
     # -- configuration -------------------------------------------------------------------------

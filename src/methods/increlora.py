@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from src.methods import common
+from src.methods import growing
 from src.methods.base import register
 
 DEFAULT_INCRE_RANK = {2: 1, 4: 2, 6: 3, 8: 4}  # the released code's k = r̄ / 2 table
@@ -50,7 +50,7 @@ class IncreLoRAConfig:
     incre_interval: int = 10  # ν: allocate when t mod ν == 0
     total_step: int | None = None  # T, optimizer steps; filled by the loop
     # Global LR warmup W, filled by the loop. restart_warmup reads W from the scheduler's own lambda
-    # (common.add_param_group); this copy is checked against it so a mismatch fails loudly.
+    # (growing.add_param_group); this copy is checked against it so a mismatch fails loudly.
     warmup_steps: int | None = None
     lora_alpha: float = 16
     lora_dropout: float = 0.0
@@ -125,7 +125,7 @@ class IncreLoRAConfig:
         return int(self.incre_rank_num)
 
 
-class IncreLoRALinear(common.AdapterLinear):
+class IncreLoRALinear(growing.AdapterLinear):
     """A frozen ``nn.Linear`` plus growing triplet blocks and, while growing, one spare block.
 
     Active blocks live in ``lora_A/E/B`` (ParameterLists, one entry per block), so growth appends and
@@ -309,7 +309,7 @@ class IncreLoRALinear(common.AdapterLinear):
 
     def orth_terms(self, include_spare: bool) -> torch.Tensor:
         a, _, b = self.factors(include_spare and self.spare_live)
-        return common.orth_penalty(a, b)
+        return growing.orth_penalty(a, b)
 
 
 def _move_optimizer_rows(optimizer, pairs: list[tuple[nn.Parameter, nn.Parameter]]) -> None:
@@ -340,12 +340,12 @@ def schedule_capacity(config: IncreLoRAConfig, n_modules: int) -> int:
 
 
 @register("increlora")
-class IncreLoRA(common.GrowingAdapterMethod):
+class IncreLoRA(growing.GrowingAdapterMethod):
     config_class = IncreLoRAConfig
 
     # -- injection -------------------------------------------------------------------------------
     def apply(self, model: nn.Module, config: IncreLoRAConfig) -> nn.Module:
-        model = common.prepare_model(
+        model = growing.prepare_model(
             model,
             self.name,
             config,
@@ -356,7 +356,7 @@ class IncreLoRA(common.GrowingAdapterMethod):
         )
         layers = self.layers(model)
         target_total = config.target_rank * len(layers)
-        info = common.get_info(model)
+        info = growing.get_info(model)
         info.state["target_total_rank"] = target_total
         start = sum(layer.rank for layer in layers.values())
         if start < target_total:
@@ -376,7 +376,7 @@ class IncreLoRA(common.GrowingAdapterMethod):
 
     @staticmethod
     def layers(model: nn.Module) -> dict[str, IncreLoRALinear]:
-        return {n: m for n, m in common.adapter_layers(model).items() if isinstance(m, IncreLoRALinear)}
+        return {n: m for n, m in growing.adapter_layers(model).items() if isinstance(m, IncreLoRALinear)}
 
     def param_groups(self, model: nn.Module, lr: float, weight_decay: float) -> list[dict]:
         groups = super().param_groups(model, lr, weight_decay)
@@ -390,7 +390,7 @@ class IncreLoRA(common.GrowingAdapterMethod):
 
     def regularizer(self, model: nn.Module) -> torch.Tensor | None:
         """γ / (2M) · Σ_i (‖A_i A_iᵀ − I‖_F + ‖B_iᵀ B_i − I‖_F), live spare per orth_include_spare."""
-        config = common.get_info(model).config
+        config = growing.get_info(model).config
         if config.orth_reg_weight == 0:
             return None
         layers = self.layers(model).values()
@@ -409,7 +409,7 @@ class IncreLoRA(common.GrowingAdapterMethod):
     def step(self, model, optimizer, lr_scheduler, global_step: int) -> dict | None:
         if not self.growing(model):
             return None
-        config = common.get_info(model).config
+        config = growing.get_info(model).config
         layers = self.layers(model)
         for layer in layers.values():
             layer.check_not_merged("grow")
@@ -422,7 +422,7 @@ class IncreLoRA(common.GrowingAdapterMethod):
     @torch.no_grad()
     def allocate(self, model, optimizer, lr_scheduler, global_step: int, scores: dict[str, float]) -> dict:
         """One allocation event: grow the top_h modules by (−score, module order) by g ranks each."""
-        info = common.get_info(model)
+        info = growing.get_info(model)
         config, target_total = info.config, info.state["target_total_rank"]
         layers = self.layers(model)
         order = list(layers)
@@ -451,7 +451,7 @@ class IncreLoRA(common.GrowingAdapterMethod):
             _move_optimizer_rows(optimizer, split)
             if new_params:
                 self._check_warmup(config, lr_scheduler)
-                common.add_param_group(
+                growing.add_param_group(
                     optimizer,
                     lr_scheduler,
                     new_params,
@@ -486,7 +486,7 @@ class IncreLoRA(common.GrowingAdapterMethod):
     # -- persistence (budget, merge and disable come from GrowingAdapterMethod) ------------------
     def save(self, model: nn.Module, directory: str) -> None:
         layers = self.layers(model)
-        common.save_adapter(
+        growing.save_adapter(
             model,
             directory,
             extra={

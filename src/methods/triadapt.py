@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from src.methods import common
+from src.methods import growing
 from src.methods.base import find_targets, register
 
 SCHEDULES = ("linear", "exponential", "fixed")
@@ -70,7 +70,7 @@ class TriAdaptConfig:
             ("schedule", SCHEDULES),
             ("selection", SELECTIONS),
             ("orth_reduction", ORTH_REDUCTIONS),
-            ("new_params_lr", common.NEW_PARAMS_LR),
+            ("new_params_lr", growing.NEW_PARAMS_LR),
         ):
             if getattr(self, field) not in choices:
                 raise ValueError(f"triadapt: {field}={getattr(self, field)!r}; choose one of {list(choices)}")
@@ -109,7 +109,7 @@ class TriAdaptConfig:
 # ---------------------------------------------------------------------------------------------------
 # Layer
 # ---------------------------------------------------------------------------------------------------
-class TriAdaptLinear(common.AdapterLinear):
+class TriAdaptLinear(growing.AdapterLinear):
     """Frozen linear + s·B (L + U) A, stored as per-block strips (spec §5.2).
 
     Block j (size k_j, cumulative rank s_j) owns ``A[j]`` (k_j × d_in), ``B[j]`` (d_out × k_j), the
@@ -348,7 +348,7 @@ def dry_run_schedule(
 # Method
 # ---------------------------------------------------------------------------------------------------
 @register("triadapt")
-class TriAdaptLoRA(common.GrowingAdapterMethod):
+class TriAdaptLoRA(growing.GrowingAdapterMethod):
     """The §1.3 contract for TriAdaptLoRA; state lives on the model (``model.adapter_info.state``)."""
 
     config_class = TriAdaptConfig
@@ -376,7 +376,7 @@ class TriAdaptLoRA(common.GrowingAdapterMethod):
                 init_std=config.init_std,
             )
 
-        model = common.prepare_model(
+        model = growing.prepare_model(
             model,
             self.name,
             config,
@@ -385,8 +385,8 @@ class TriAdaptLoRA(common.GrowingAdapterMethod):
             make_layer,
             self.regularizer,
         )
-        layers = common.adapter_layers(model)
-        info = common.get_info(model)
+        layers = growing.adapter_layers(model)
+        info = growing.get_info(model)
         info.state.update(
             target_total_rank=target_total,
             norm_prev={name: layer.norm(config.norm_divisor) for name, layer in layers.items()},
@@ -416,19 +416,19 @@ class TriAdaptLoRA(common.GrowingAdapterMethod):
 
     def regularizer(self, model: nn.Module) -> torch.Tensor | None:
         """γ · R_orth over the concatenated A and B of every module (spec §5.7), never over T."""
-        config = common.get_info(model).config
+        config = growing.get_info(model).config
         if config.orth_reg_weight == 0:
             return None
-        layers = list(common.adapter_layers(model).values())
-        total = sum(common.orth_penalty(*layer.factors()) for layer in layers)
+        layers = list(growing.adapter_layers(model).values())
+        total = sum(growing.orth_penalty(*layer.factors()) for layer in layers)
         denom = 2 * len(layers) if config.orth_reduction == "per_factor" else len(layers)
         return config.orth_reg_weight * total / denom
 
     def importance(self, model: nn.Module) -> list[float]:
         """S_i per module in module order (spec §5.5); updates N_prev for every module."""
-        info = common.get_info(model)
+        info = growing.get_info(model)
         config, prev = info.config, info.state["norm_prev"]
-        layers = common.adapter_layers(model)
+        layers = growing.adapter_layers(model)
         # one device sync for all modules instead of one per module (.item() each)
         norms = torch.stack([layer.norm_tensor(config.norm_divisor) for layer in layers.values()]).tolist()
         scores = []
@@ -439,9 +439,9 @@ class TriAdaptLoRA(common.GrowingAdapterMethod):
 
     def step(self, model, optimizer, lr_scheduler, global_step: int) -> dict | None:
         """Allocation hook (spec §5.10 step 5). Returns a log record on events, else None."""
-        info = common.get_info(model)
+        info = growing.get_info(model)
         config, target_total = info.config, info.state["target_total_rank"]
-        layers = common.adapter_layers(model)
+        layers = growing.adapter_layers(model)
         total = sum(layer.rank for layer in layers.values())
         if total >= target_total or not is_event_step(global_step, config.init_warmup, config.incre_interval):
             return None
@@ -465,7 +465,7 @@ class TriAdaptLoRA(common.GrowingAdapterMethod):
             new_params += layers[name].grow(g)
             grown[name] = g
         if optimizer is not None:
-            common.add_param_group(
+            growing.add_param_group(
                 optimizer,
                 lr_scheduler,
                 new_params,
@@ -487,11 +487,11 @@ class TriAdaptLoRA(common.GrowingAdapterMethod):
         }
 
     def training_state(self, model: nn.Module) -> dict:
-        state = common.get_info(model).state
+        state = growing.get_info(model).state
         return {"norm_prev": dict(state["norm_prev"]), "events": state["events"]}
 
     def load_training_state(self, model: nn.Module, state: dict) -> None:
-        info = common.get_info(model)
+        info = growing.get_info(model)
         if set(state["norm_prev"]) != set(info.state["norm_prev"]):
             raise ValueError("triadapt checkpoint: norm_prev names other modules than the model's")
         info.state.update(norm_prev=dict(state["norm_prev"]), events=int(state["events"]))
@@ -500,4 +500,4 @@ class TriAdaptLoRA(common.GrowingAdapterMethod):
         with warnings.catch_warnings():
             # a loaded adapter is used, not trained on: the schedule's dry-run warning would be noise
             warnings.filterwarnings("ignore", message="triadapt: the schedule")
-            return common.load_adapter(self, base_model, directory)
+            return growing.load_adapter(self, base_model, directory)

@@ -1,6 +1,6 @@
-"""Figures from run records alone: ``python -m src.plots [--runs results/runs] [--out results/figures]``.
+"""Figures from run records alone: ``python -m src.reporting.figures [--runs results/runs] [--out results/figures]``.
 
-Per (study, backbone) group of runs, the same selection as the tables (src/report.py: ok runs at the
+Per (study, backbone) group of runs, the same selection as the tables (src/reporting/tables.py: ok runs at the
 methods' default options, the latest per seed), written as PNG and PDF:
 
 - ``rank_heatmaps_<group>_<budget>``: final rank per layer × matrix type, one panel per adaptive
@@ -24,7 +24,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from src.records import atomic_write
-from src.report import METHOD_LABEL, METHOD_ORDER, TASK_LABEL, latest_ok, load_records, runs_frame
+from src.reporting.tables import METHOD_LABEL, METHOD_ORDER, TASK_LABEL, latest_ok, load_records, runs_frame
 
 STYLE = {
     "font.size": 7,

@@ -1,4 +1,4 @@
-"""Paper tables from run records alone: ``python -m src.report [--runs results/runs] [--out results/tables]``.
+"""Paper tables from run records alone: ``python -m src.reporting.tables [--runs results/runs] [--out results/tables]``.
 
 Every number comes from ``results/runs/*.json`` (src/records.py): the best evaluation of each run
 (selected on the task's primary metric, spec §6), shown ×100 as mean ± sample std over seeds with the

@@ -50,7 +50,7 @@ def constant_one(step: int) -> float:
 def group_lambda(spec: dict | None, default: LRLambda) -> LRLambda:
     """The lambda of one optimizer group from its ``lr_schedule`` entry (None: the global schedule).
 
-    Groups born during training carry the entry (src.methods.common.add_param_group), so a resumed
+    Groups born during training carry the entry (src.methods.growing.add_param_group), so a resumed
     run rebuilds every group's schedule from the optimizer state alone: ``follow`` = the global
     lambda, ``static`` = 1.0 to the end, ``restart_warmup`` = own warmup from the birth step.
     """
@@ -64,7 +64,7 @@ def group_lambda(spec: dict | None, default: LRLambda) -> LRLambda:
         if warmup is None:
             raise ValueError(
                 "new_params_lr=restart_warmup needs the global warmup length; build the scheduler "
-                "with src.schedule.linear_warmup_decay"
+                "with src.lr_schedule.linear_warmup_decay"
             )
         return restart_warmup(spec["birth_step"], warmup, spec["total_step"])
     raise ValueError(f"unknown lr_schedule kind {kind!r} in an optimizer group")

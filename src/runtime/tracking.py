@@ -12,19 +12,11 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from src.checkpoints import RECORD_FILE
-from src.distributed import is_main_process
-from src.records import atomic_write_json, load_record, new_record
+from src.records import BUDGET_SCALARS, WANDB_RECORD_FILE, atomic_write_json, load_record, new_record
+from src.runtime.checkpoints import RECORD_FILE
+from src.runtime.distributed import is_main_process
 
 log = logging.getLogger(__name__)
-WANDB_RECORD_FILE = "run_record.json"  # the run record, saved among the W&B run's files
-BUDGET_SCALARS = {
-    "budget/allocated_params": "trainable_total",
-    "budget/effective_params": "effective_adapter",
-    "budget/total_rank": "total_rank",
-    "budget/adapter_params": "trainable_adapter",
-    "budget/spare_params": "trainable_spare",
-}
 
 
 def _wandb_credentials() -> bool:
@@ -203,11 +195,11 @@ class RunTracker:
         return self.record
 
     def _log_rank_heatmap(self, wandb) -> None:
-        """The final rank allocation as an image (src/plots.py); a plotting error never fails a run."""
+        """The final rank allocation as an image (src/reporting/figures.py); a plotting error never fails a run."""
         try:
             import PIL.Image
 
-            from src.plots import figure_png, rank_heatmap_figure
+            from src.reporting.figures import figure_png, rank_heatmap_figure
 
             fig = rank_heatmap_figure(self.record)
             if fig is not None:

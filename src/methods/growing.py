@@ -34,8 +34,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from src.lr_schedule import group_lambda
 from src.methods.base import AdapterMethod, find_targets
-from src.schedule import group_lambda
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -412,7 +412,7 @@ def add_param_group(
     group = {k: copy.deepcopy(v) for k, v in template.items() if k not in ("params", "param_names")}
     base_lr = template.get("initial_lr", template["lr"])
     group.update(params=list(params), lr=base_lr, name=name or f"grown@{birth_step}")
-    # how to rebuild this group's LR lambda when a checkpoint is resumed (src.schedule.group_lambda)
+    # how to rebuild this group's LR lambda when a checkpoint is resumed (src.lr_schedule.group_lambda)
     group["lr_schedule"] = {"kind": new_params_lr, "birth_step": birth_step, "total_step": total_step}
     if lr_scheduler is not None:
         group["initial_lr"] = base_lr
@@ -423,7 +423,7 @@ def add_param_group(
     if not hasattr(scheduler, "add_group"):
         raise TypeError(
             f"{type(scheduler).__name__} cannot schedule parameter groups added during training; "
-            "use src.schedule.GroupLambdaLR"
+            "use src.lr_schedule.GroupLambdaLR"
         )
     scheduler.add_group(group_lambda(group["lr_schedule"], scheduler.default_lambda))
     return optimizer.param_groups[-1]

@@ -1,7 +1,7 @@
-"""The shared infrastructure of the growing methods (src/methods/common.py), with a minimal adapter.
+"""The shared infrastructure of the growing methods (src/methods/growing.py), with a minimal adapter.
 
 ``BlockLinear`` is the smallest honest ``AdapterLinear``: ΔW = B A in growable blocks. It checks that
-nothing in common.py depends on TriAdaptLoRA; the method-level properties live in test_triadapt.py.
+nothing in growing.py depends on TriAdaptLoRA; the method-level properties live in test_triadapt.py.
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ import pytest
 import torch
 from torch import nn
 
-from src.methods import common
-from src.schedule import GroupLambdaLR, linear_warmup_decay
+from src.lr_schedule import GroupLambdaLR, linear_warmup_decay
+from src.methods import growing
 
 
-class BlockLinear(common.AdapterLinear):
+class BlockLinear(growing.AdapterLinear):
     def __init__(self, base_layer: nn.Linear, rank: int = 1):
         super().__init__(base_layer)
         self.A, self.B = nn.ParameterList(), nn.ParameterList()
@@ -60,7 +60,7 @@ class BlockConfig:
     gamma: float = 0.0
 
 
-class Block(common.GrowingAdapterMethod):
+class Block(growing.GrowingAdapterMethod):
     name = "block"
     config_class = BlockConfig
 
@@ -70,13 +70,13 @@ class Block(common.GrowingAdapterMethod):
                 None
                 if config.gamma == 0
                 else config.gamma
-                * sum(torch.cat(list(layer.A)).pow(2).sum() for layer in common.adapter_layers(m).values())
+                * sum(torch.cat(list(layer.A)).pow(2).sum() for layer in growing.adapter_layers(m).values())
             )
 
-        model = common.prepare_model(
+        model = growing.prepare_model(
             model, self.name, config, ["body"], ["head"], lambda n, lin: BlockLinear(lin, config.rank), reg
         )
-        common.get_info(model).state["target_total_rank"] = 4
+        growing.get_info(model).state["target_total_rank"] = 4
         return model
 
 
@@ -96,7 +96,7 @@ class Net(nn.Module):
 
 def test_injection_freezes_wraps_and_reports_budget():
     model = Block().apply(Net(), BlockConfig(rank=2))
-    assert isinstance(model.body, BlockLinear) and isinstance(model.head, common.HeadWrapper)
+    assert isinstance(model.body, BlockLinear) and isinstance(model.head, growing.HeadWrapper)
     assert model.head.output_dim == 3  # attribute reads reach the trained copy
     assert model.body.weight is model.body.base_layer.weight
     budget = Block().budget(model)
@@ -110,13 +110,13 @@ def test_injection_freezes_wraps_and_reports_budget():
 def test_bad_targets_leave_the_model_untouched_and_double_apply_raises():
     net = Net()
     with pytest.raises(ValueError, match="no module"):
-        common.prepare_model(net, "block", BlockConfig(), ["nothing"], [], lambda n, lin: BlockLinear(lin))
+        growing.prepare_model(net, "block", BlockConfig(), ["nothing"], [], lambda n, lin: BlockLinear(lin))
     assert all(p.requires_grad for p in net.parameters())
     model = Block().apply(net, BlockConfig())
     with pytest.raises(ValueError, match="already"):
         Block().apply(model, BlockConfig())
     with pytest.raises(ValueError, match="matches no module"):
-        common.wrap_heads(Net(), ["classifier"])
+        growing.wrap_heads(Net(), ["classifier"])
 
 
 def test_regulariser_hook_on_dict_and_tuple_outputs():
@@ -124,12 +124,12 @@ def test_regulariser_hook_on_dict_and_tuple_outputs():
     model = Block().apply(Net(), BlockConfig(gamma=0.5))
     model.train()
     loss = model(x, labels=y)["loss"]
-    with common.disable_adapter(model):
+    with growing.disable_adapter(model):
         plain = model(x, labels=y)["loss"]  # disabled: neither the branch nor its loss
     delta = 0.5 * torch.cat(list(model.body.A)).pow(2).sum()
     branch_free = Net()(x, labels=y)["loss"]
     assert torch.allclose(plain, branch_free)
-    assert torch.allclose(common.get_info(model).last_regularizer, delta.detach())
+    assert torch.allclose(growing.get_info(model).last_regularizer, delta.detach())
     model.eval()
     task_loss = nn.functional.cross_entropy(model(x)["logits"], y)
     assert torch.allclose(loss - task_loss, delta, atol=1e-6)
@@ -166,7 +166,7 @@ def test_add_param_group_copies_decay_and_schedules(policy):
     for _ in range(6):
         opt.step()
         sched.step()
-    group = common.add_param_group(opt, sched, model.body.grow(1), policy, birth_step=6, total_step=20)
+    group = growing.add_param_group(opt, sched, model.body.grow(1), policy, birth_step=6, total_step=20)
     assert group is opt.param_groups[-1] and group["name"] == "grown@6"
     assert group["betas"] == (0.7, 0.9) and group["weight_decay"] == 0.05 and group["initial_lr"] == 1e-2
     expected = {"follow": opt.param_groups[0]["lr"], "restart_warmup": 0.0, "static": 1e-2}[policy]
@@ -178,14 +178,14 @@ def test_add_param_group_errors():
     model = Block().apply(Net(), BlockConfig())
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
     with pytest.raises(ValueError, match="decay"):
-        common.add_param_group(opt, None, model.body.grow(1), "follow", 1, 10)
+        growing.add_param_group(opt, None, model.body.grow(1), "follow", 1, 10)
     opt = torch.optim.AdamW(Block().param_groups(model, 1e-3, 0.0))
     with pytest.raises(ValueError, match="linear_warmup_decay"):
-        common.add_param_group(
+        growing.add_param_group(
             opt, GroupLambdaLR(opt, lambda s: 1.0), model.body.grow(1), "restart_warmup", 1, 10
         )
     with pytest.raises(ValueError, match="choose one of"):
-        common.add_param_group(opt, None, model.body.grow(1), "later", 1, 10)
+        growing.add_param_group(opt, None, model.body.grow(1), "later", 1, 10)
 
 
 def test_disable_adapter_is_a_context_manager_that_restores_state():
@@ -196,4 +196,4 @@ def test_disable_adapter_is_a_context_manager_that_restores_state():
         assert model.body.disabled and model.head.use_original
         raise KeyError
     assert not model.body.disabled and not model.head.use_original
-    assert not common.get_info(model).disabled
+    assert not growing.get_info(model).disabled

@@ -21,17 +21,14 @@ The primary metric is ROUGE-L (spec §6).
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from transformers import DataCollatorForSeq2Seq
 
-from src.data import load_task_data
-
-if TYPE_CHECKING:
-    from src.tasks import PreparedTask
+from src.tasks.family import PreparedTask, register_family, tokenise_splits
+from src.tasks.sources import load_task_data
 
 ROUGE_TYPES = ["rouge1", "rouge2", "rougeL", "rougeLsum"]
 IGNORE = -100  # label of tokens without loss; also the Trainer's padding between eval batches
@@ -151,8 +148,8 @@ def prompts_from_labels(
 ENCODERS = {"encoder_decoder": encode_seq2seq, "decoder": encode_prompt_completion}
 
 
+@register_family("summarisation")
 def summarisation(task: DictConfig, tokenizer, seed: int, backbone: DictConfig | None = None) -> PreparedTask:
-    from src.tasks import PreparedTask, tokenise_splits  # src.tasks imports this module for its family table
 
     architecture = backbone.get("architecture") if backbone is not None else None
     if architecture not in ENCODERS:

@@ -10,18 +10,15 @@ from __future__ import annotations
 
 import collections
 import math
-from typing import TYPE_CHECKING
 
 import numpy as np
 from datasets import Dataset
 from omegaconf import DictConfig
 from transformers import default_data_collator
 
-from src import squad
-from src.data import load_task_data, subsample
-
-if TYPE_CHECKING:
-    from src.tasks import PreparedTask
+from src.tasks import squad_scorer
+from src.tasks.family import PreparedTask, register_family
+from src.tasks.sources import load_task_data, subsample
 
 SIDE_COLUMNS = ["example_id", "offset_mapping", "cls_index"]  # for post-processing, not for the model
 
@@ -124,11 +121,11 @@ def postprocess(
     return preds, diffs
 
 
+@register_family("question_answering")
 def question_answering(
     task: DictConfig, tokenizer, seed: int, backbone: DictConfig | None = None
 ) -> PreparedTask:
-    """SQuAD-style extractive QA; scores are the official exact match and F1 (``src.squad``)."""
-    from src.tasks import PreparedTask  # src.tasks imports this module for its family table
+    """SQuAD-style extractive QA; scores are the official exact match and F1 (``src.tasks.squad_scorer``)."""
 
     if not tokenizer.is_fast:
         raise ValueError(f"task {task.name!r} needs a fast tokenizer (offset mappings) for answer spans")
@@ -158,9 +155,9 @@ def question_answering(
             task.null_score_diff_threshold,
         )
         if not task.version_2:
-            return squad.evaluate(golds, preds)
+            return squad_scorer.evaluate(golds, preds)
         # "No answer" exactly when the difference exceeds the threshold, as in postprocess.
-        return squad.evaluate(golds, preds, diffs, na_prob_thresh=task.null_score_diff_threshold)
+        return squad_scorer.evaluate(golds, preds, diffs, na_prob_thresh=task.null_score_diff_threshold)
 
     return PreparedTask(
         train=train.remove_columns(SIDE_COLUMNS),

@@ -9,7 +9,7 @@ Two sources, one result (records in the src/records.py format, written to ``resu
   32 KiB blocks of CRC-checked chunks behind a 7-byte ``:W&B`` header) is decoded here;
 - **online projects** through the public API (``wandb.Api().runs("entity/project")``).
 
-What the importer needs from the W&B side, and what RunTracker (src/tracking.py) logs for it:
+What the importer needs from the W&B side, and what RunTracker (src/runtime/tracking.py) logs for it:
 the run's files hold ``run_record.json``, the complete record written at the end of the run, which is
 imported as is. Runs logged before that file existed are rebuilt from what every run logs: the config
 (``config=<resolved config>``), the summary (status, best, final) and the history (``eval/*``,
@@ -27,8 +27,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from src.records import atomic_write_json, new_record
-from src.tracking import BUDGET_SCALARS, WANDB_RECORD_FILE
+from src.records import BUDGET_SCALARS, WANDB_RECORD_FILE, atomic_write_json, new_record
 
 BLOCK = 32768  # LevelDB log block size used by W&B's transaction log
 CHUNK_HEADER = 7  # crc32 (4, little endian), length (2), chunk type (1)
@@ -130,7 +129,7 @@ def find_offline_runs(paths: Iterable[str | Path]) -> list[Path]:
 
 # -- rebuilding a record -------------------------------------------------------------------------
 def _primary_metric(config: dict) -> str | None:
-    """As src/tasks.py names it: the metric, prefixed by the first eval split's alias when there are several."""
+    """As src/tasks/classification.py names it: the metric, prefixed by the first eval split's alias when there are several."""
     task = config.get("task") or {}
     primary, splits = task.get("primary_metric"), task.get("eval_splits") or {}
     if primary is None:

@@ -14,11 +14,11 @@ from omegaconf import DictConfig
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from src import checkpoints, distributed
-from src.generation import prompts_from_labels
+from src.lr_schedule import GroupLambdaLR, linear_warmup_decay
 from src.methods.base import AdapterMethod
-from src.schedule import GroupLambdaLR, linear_warmup_decay
-from src.tracking import RunTracker
+from src.runtime import checkpoints, distributed
+from src.runtime.tracking import RunTracker
+from src.tasks.summarisation import prompts_from_labels
 
 OPTIMIZERS = {"adamw_torch": {}, "adamw_torch_fused": {"fused": True}}
 
