@@ -13,7 +13,7 @@ RUNS ?= results/runs
 TABLES_DIR ?= results/tables
 FIGURES_DIR ?= results/figures
 
-.PHONY: help setup demo test test-slow test-fast lint format clean bench-overhead glue-sweep glue-sweep-cpu cpu-repro tables figures notebooks
+.PHONY: help setup demo test test-slow test-fast lint format clean bench-overhead gpu-check glue-sweep glue-sweep-cpu cpu-repro tables figures notebooks
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -45,6 +45,9 @@ test-fast: ## the tests without end-to-end runs
 
 bench-overhead: ## step time / peak memory / allocation-event time per method -> results/bench/overhead.{json,md}
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) scripts/bench_overhead.py $(BENCH_ARGS)
+
+gpu-check: ## on a CUDA machine: the overhead benchmark (r̄ 8/2, fp32/bf16) and all four methods end to end in bf16 -> results/gpu-check/ (< 8 min)
+	$(OFFLINE) $(PY) scripts/gpu_check.py $(GPU_CHECK_ARGS)
 
 glue-sweep: ## GLUE x 4 methods x r2/r8 x seeds 41-45 on DeBERTaV3-base (Hub; GLUE_DIR=dir reads local files); FORCE=1 reruns ok runs
 	$(PY) -m src.train -m +sweep=glue skip_existing=$(SKIP_EXISTING) \

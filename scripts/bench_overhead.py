@@ -1,7 +1,10 @@
 """Training-step overhead of each method at the same final average rank (`make bench-overhead`).
 
-For every registered method: MiniLM-L6 (all six linear maps per layer adapted), batch 16 x length 128,
-a step as the Trainer takes it (forward, backward, clipping, AdamW in the trainer's implementation,
+For every registered method: MiniLM-L6 (all six linear maps per layer adapted), in one of two
+profiles: ``compute`` (batch 16 x length 128, all threads: the arithmetic dominates) or ``dispatch``
+(batch 1 x length 8, one thread: the cost of each operator call dominates, as on a GPU at this size);
+``--bf16`` runs the forward under bf16 autocast with fp32 weights, as the Trainer's ``bf16=true``.
+A step as the Trainer takes it (forward, backward, clipping, AdamW in the trainer's implementation,
 the method's step hook, the project's scheduler). Growing methods are first grown to their full
 budget with a forced fast schedule (every module grows at every step) so that all methods are timed
 at the same final average rank r̄; the time of each allocation event in that phase is recorded
@@ -44,6 +47,10 @@ from src.runtime.backbones import load_model  # noqa: E402
 from src.runtime.trainer import OPTIMIZERS  # noqa: E402
 
 HEADS = ["classifier", "pooler"]
+PROFILES = {
+    "compute": {"batch": 16, "length": 128, "threads": 0},
+    "dispatch": {"batch": 1, "length": 8, "threads": 1},
+}
 TOTAL_STEP = 10_000  # nominal T: keeps every schedule in its active phase during the measurement
 
 
@@ -100,6 +107,7 @@ class Stepper:
     def __init__(self, spec: str, r: int, args):
         self.spec, self.name = spec, parse_variant(spec)[0]
         self.dev = torch.device(args.device)
+        self.bf16 = args.bf16
         torch.manual_seed(0)
         self.method, self.model = build(spec, r, args)
         self.model.train()
@@ -132,7 +140,9 @@ class Stepper:
 
     def step(self):
         self.step_no += 1
-        self.model(**self.batch).loss.backward()
+        with torch.autocast(self.dev.type, dtype=torch.bfloat16, enabled=self.bf16):
+            loss = self.model(**self.batch).loss
+        loss.backward()
         params = [p for group in self.opt.param_groups for p in group["params"]]
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         self.opt.step()
@@ -272,10 +282,13 @@ def run_all(args) -> list[dict]:
 
 def markdown(rows: list[dict], meta: dict) -> str:
     lora = next((r for r in rows if r["method"] == "lora" and "error" not in r), None)
+    precision = "bf16 autocast" if meta.get("bf16") else "fp32"
     lines = [
-        f"# Step overhead at average rank {meta['rank']} ({meta['device_name']})",
+        f"# Step overhead at average rank {meta['rank']}, {meta.get('profile', 'custom')} profile, "
+        f"{precision} ({meta['device_name']})",
         "",
         f"MiniLM-L6, all six linear maps per layer, batch {meta['batch']} x length {meta['length']}, "
+        f"{meta.get('threads') or 'all'} thread(s), {precision}, "
         f"{meta['steps']} timed rounds, the methods interleaved step by step; median step time, and the "
         f"median of the per-round ratios to LoRA. A step is forward, backward, gradient clipping, AdamW "
         f"({meta['optim']}) and the method's step hook. Command: `{meta['command']}`",
@@ -311,11 +324,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--rank", type=int, default=8)
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--length", type=int, default=128)
+    parser.add_argument(
+        "--profile", choices=sorted(PROFILES), default="compute", help="batch, length and threads"
+    )
+    parser.add_argument("--batch", type=int, help="overrides the profile's")
+    parser.add_argument("--length", type=int, help="overrides the profile's")
+    parser.add_argument("--threads", type=int, help="overrides the profile's (0: torch's default)")
+    parser.add_argument("--bf16", action="store_true", help="forward under bf16 autocast")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--optim", choices=sorted(OPTIMIZERS), default="adamw_torch_fused")
     parser.add_argument(
         "--methods",
@@ -332,8 +349,14 @@ def main() -> None:
         "--git-sha", default=None, help="record this SHA when the checkout has no .git (device copies)"
     )
     args = parser.parse_args()
+    for key, value in PROFILES[args.profile].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    explicit = any(f"--{key}" in sys.argv for key in PROFILES[args.profile])
     rows = run_all(args)
     meta = {
+        "profile": f"{args.profile} (overridden)" if explicit else args.profile, "bf16": args.bf16,
+        "threads": args.threads,
         "rank": args.rank, "batch": args.batch, "length": args.length, "steps": args.steps, "optim": args.optim,
         "device": args.device,
         "device_name": torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {os.cpu_count()} cores, {platform.processor() or platform.machine()}",

@@ -142,3 +142,43 @@ def test_skip_existing_reuses_an_ok_record_and_reruns_otherwise(cfg_factory, sha
     path.write_text(json.dumps({**first, "status": "failed"}))
     rerun = train(cfg_factory(*args, "skip_existing=true"))
     assert rerun["status"] == "ok" and json.loads(path.read_text())["status"] == "ok"
+
+
+@pytest.mark.parametrize("method", METHOD_OVERRIDES)
+def test_bf16_autocast_trains_every_method_and_keeps_adapter_tensors_fp32(
+    cfg_factory, shared_data, tmp_path, method
+):
+    import torch
+    from safetensors.torch import load_file
+
+    seen = set()  # output dtypes of every nn.Linear forward during the run
+
+    def note(module, args, output):
+        if isinstance(module, torch.nn.Linear) and torch.is_tensor(output):
+            seen.add(output.dtype)
+
+    handle = torch.nn.modules.module.register_module_forward_hook(note)
+    try:
+        record = train(
+            cfg_factory(
+                "backbone=tiny-deberta",
+                "task=rte",
+                f"task.data_dir={shared_data}/glue/rte",
+                f"method={method}",
+                *METHOD_OVERRIDES[method],
+                "trainer.bf16=true",
+                "trainer.max_steps=8",
+                "trainer.eval_steps=8",
+                "trainer.per_device_train_batch_size=8",
+                "task.max_eval_samples=16",
+            )
+        )
+    finally:
+        handle.remove()
+    assert record["status"] == "ok" and record["config"]["trainer"]["bf16"] is True
+    assert torch.bfloat16 in seen, "no linear ran under bf16 autocast"
+    assert all(e.get("loss") is None or e["loss"] == e["loss"] for e in record["evals"])
+    if method != "lora":
+        assert record["budget"]["final"]["total_rank"] == record["budget"]["final"]["target_total_rank"]
+    saved = load_file(str(tmp_path / "out" / "adapter" / "adapter_model.safetensors"))
+    assert saved and {t.dtype for t in saved.values()} == {torch.float32}

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from src.lr_schedule import GroupLambdaLR, linear_warmup_decay
-from src.methods import get_method
+from src.methods import get_method, growing
 from src.runtime.backbones import load_model
 
 HEADS = ["classifier", "pooler"]
@@ -71,7 +71,8 @@ def test_only_adapter_and_head_parameters_change(name, tiny_backbone):
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     trainable_before = {n for n, p in model.named_parameters() if p.requires_grad}
     train_steps(method, model, 3)
-    modules = list(method.budget(model)["rank_pattern"])
+    # adapter layers, and the storage that holds the factors of many (TriAdaptLoRA's packed blocks)
+    modules = list(method.budget(model)["rank_pattern"]) + list(growing.storage_modules(model))
     for n, p in model.named_parameters():
         if n not in before:
             continue  # born in an allocation event

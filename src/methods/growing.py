@@ -30,7 +30,6 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -107,8 +106,8 @@ class AdapterLinear(nn.Module, abc.ABC):
 
     # -- generic behaviour ------------------------------------------------------------------------
     def adapter_factors(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """(h, B) with adapter_forward(x) = h Bᵀ, where the subclass can split its branch so; None
-        where it cannot (then forward adds adapter_forward(x))."""
+        """(h, Bᵀ) with adapter_forward(x) = h Bᵀ (Bᵀ: r × d_out), where the subclass can split its
+        branch so; None where it cannot (then forward adds adapter_forward(x))."""
         return None
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
@@ -118,12 +117,12 @@ class AdapterLinear(nn.Module, abc.ABC):
         factored = self.adapter_factors(x)
         if factored is None:
             return out + self.adapter_forward(x).to(out.dtype)
-        h, B = factored
+        h, Bt = factored
         if h.dtype != out.dtype:
-            return out + F.linear(h, B).to(out.dtype)
+            return out + (h @ Bt).to(out.dtype)
         # W0 x + h Bᵀ as one addmm: one pass over the n × d_out output instead of two (product, then
         # add), in the forward and again in the backward
-        flat = torch.addmm(out.reshape(-1, out.shape[-1]), h.reshape(-1, h.shape[-1]), B.t())
+        flat = torch.addmm(out.reshape(-1, out.shape[-1]), h.reshape(-1, h.shape[-1]), Bt)
         return flat.view(out.shape)
 
     def merge(self) -> None:
@@ -149,6 +148,21 @@ class AdapterLinear(nn.Module, abc.ABC):
     def check_not_merged(self, action: str) -> None:
         if self.merged:
             raise RuntimeError(f"cannot {action} a merged adapter layer; call unmerge() first")
+
+
+class SharedAdapterStorage(nn.Module):
+    """A module that holds the trained tensors of many adapter layers (TriAdaptLoRA's packed blocks).
+
+    Its parameters count as adapter parameters in the budget, it is removed by ``merge_and_unload``,
+    and it writes nothing to a state dict: each layer writes its own tensors under its own name, so
+    saved adapters keep a per-module layout whatever the training-time storage (spec §5.2, D13).
+    """
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        pass
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        pass
 
 
 class HeadWrapper(nn.Module):
@@ -192,7 +206,7 @@ class AdapterInfo:
     state: dict = dataclasses.field(default_factory=dict)  # method-specific (allocator state, R*)
     disabled: bool = False
     last_regularizer: torch.Tensor | None = None  # detached, for logging apart from the task loss
-    hook: Any = None
+    hooks: list = dataclasses.field(default_factory=list)  # handles that merge_and_unload removes
 
 
 INFO_ATTR = "adapter_info"
@@ -215,6 +229,10 @@ def adapter_layers(model: nn.Module) -> dict[str, AdapterLinear]:
 
 def head_wrappers(model: nn.Module) -> dict[str, HeadWrapper]:
     return {name: m for name, m in model.named_modules() if isinstance(m, HeadWrapper)}
+
+
+def storage_modules(model: nn.Module) -> dict[str, SharedAdapterStorage]:
+    return {name: m for name, m in model.named_modules() if isinstance(m, SharedAdapterStorage)}
 
 
 def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -271,7 +289,7 @@ def prepare_model(
     info = AdapterInfo(method=method, config=config, targets=targets, heads=heads)
     setattr(model, INFO_ATTR, info)
     if regularizer is not None:
-        info.hook = model.register_forward_hook(_regularizer_hook(regularizer), with_kwargs=True)
+        info.hooks.append(model.register_forward_hook(_regularizer_hook(regularizer), with_kwargs=True))
     return model
 
 
@@ -368,8 +386,11 @@ def merge_and_unload(model: nn.Module) -> nn.Module:
         _set_submodule(model, name, layer.base_layer)
     for name, head in head_wrappers(model).items():
         _set_submodule(model, name, head.trained_module)
-    if info.hook is not None:
-        info.hook.remove()
+    for name in storage_modules(model):
+        parent, _, child = name.rpartition(".")
+        delattr(model.get_submodule(parent) if parent else model, child)
+    for handle in info.hooks:
+        handle.remove()
     delattr(model, INFO_ATTR)
     return model
 
@@ -431,12 +452,14 @@ def add_param_group(
 
 def budget_report(model: nn.Module, target_total_rank: int | None) -> dict:
     """The §1.5 keys. Raises if a trainable parameter is neither adapter, spare nor head."""
-    layers, heads = adapter_layers(model), head_wrappers(model)
+    layers, heads, stores = adapter_layers(model), head_wrappers(model), storage_modules(model)
     spare_ids = {id(p) for layer in layers.values() for p in layer.spare_parameters()}
     adapter = spare = head = 0
-    for layer in layers.values():
-        for name, p in layer.named_parameters():
-            if p.requires_grad and not name.startswith("base_layer."):
+    seen = set()  # a layer may own its storage (a layer used alone): count each tensor once
+    for module in (*layers.values(), *stores.values()):
+        for name, p in module.named_parameters():
+            if p.requires_grad and not name.startswith("base_layer.") and id(p) not in seen:
+                seen.add(id(p))
                 if id(p) in spare_ids:
                     spare += p.numel()
                 else:
@@ -448,7 +471,9 @@ def budget_report(model: nn.Module, target_total_rank: int | None) -> dict:
         stray = [
             n
             for n, p in model.named_parameters()
-            if p.requires_grad and not _in_adapter(n, layers) and ".trained_module." not in f".{n}"
+            if p.requires_grad
+            and not _in_adapter(n, {**layers, **stores})
+            and ".trained_module." not in f".{n}"
         ]
         raise RuntimeError(f"trainable parameters outside adapter layers and heads: {stray[:10]}")
     ranks = {name: layer.rank for name, layer in layers.items()}
@@ -464,7 +489,7 @@ def budget_report(model: nn.Module, target_total_rank: int | None) -> dict:
     }
 
 
-def _in_adapter(param_name: str, layers: dict[str, AdapterLinear]) -> bool:
+def _in_adapter(param_name: str, layers: dict[str, nn.Module]) -> bool:
     return any(param_name.startswith(name + ".") and ".base_layer." not in param_name for name in layers)
 
 
@@ -482,7 +507,8 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_adapter(model: nn.Module, directory: str, extra: dict | None = None) -> None:
-    """Write ``adapter_config.json`` (method, config, base model, rank pattern) and the tensors."""
+    """Write ``adapter_config.json`` (method, config, base model, rank pattern, ``extra``) and the
+    tensors, one set per adapter layer under its own name."""
     info = get_info(model)
     if any(layer.merged for layer in adapter_layers(model).values()):
         raise RuntimeError("cannot save a merged adapter (ΔW is inside the base weights); unmerge first")
@@ -532,8 +558,7 @@ def restore_adapter(method, model: nn.Module, meta: dict, directory: str) -> Non
     layers = adapter_layers(model)
     pattern = meta.get("rank_pattern")
     check_rank_pattern(pattern, layers)
-    for name, blocks in pattern.items():
-        layers[name].restore_blocks(list(blocks))
+    method.restore_blocks(model, {name: list(blocks) for name, blocks in pattern.items()}, meta)
     method.restore_extra(model, meta, directory)  # e.g. IncreLoRA's spares: more shapes to rebuild
     load_adapter_state(model, load_file(os.path.join(directory, WEIGHTS_FILE)))
 
@@ -587,6 +612,12 @@ class GrowingAdapterMethod(AdapterMethod):
     Subclasses implement ``apply`` (via ``prepare_model``), ``regularizer`` and ``step``, and keep
     ``target_total_rank`` in ``model.adapter_info.state`` for the budget report.
     """
+
+    def restore_blocks(self, model: nn.Module, pattern: dict[str, list[int]], meta: dict) -> None:
+        """Grow a freshly injected model to the saved (checked) rank pattern, shapes only."""
+        layers = adapter_layers(model)
+        for name, blocks in pattern.items():
+            layers[name].restore_blocks(blocks)
 
     def restore_extra(self, model: nn.Module, meta: dict, directory: str) -> None:
         """Rebuild method-specific shapes from the saved config before the strict load (none here)."""

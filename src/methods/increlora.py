@@ -232,12 +232,12 @@ class IncreLoRALinear(growing.AdapterLinear):
         return self.growing and torch.is_grad_enabled()
 
     def adapter_factors(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """(x Aᵀ · diag(E) · α/r, B) once growth is over: the factored path at O(n·r·(d_in + d_out)),
+        """(x Aᵀ · diag(E) · α/r, Bᵀ) once growth is over: the factored path at O(n·r·(d_in + d_out)),
         with the scaling folded into the r-vector E."""
         if self._explicit():
             return None
         a, e, b = self.factors(self.spare_live)
-        return (self._input(x) @ a.T) * (e * self.scaling), b
+        return (self._input(x) @ a.T) * (e * self.scaling), b.T
 
     def adapter_forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._explicit():
@@ -245,7 +245,8 @@ class IncreLoRALinear(growing.AdapterLinear):
             if delta.requires_grad:
                 delta.register_hook(self._capture_grad)
             return F.linear(self._input(x), delta)
-        return F.linear(*self.adapter_factors(x))
+        h, bt = self.adapter_factors(x)
+        return h @ bt
 
     def _capture_grad(self, grad: torch.Tensor) -> None:
         grad = grad.detach().to(torch.float32)

@@ -10,11 +10,13 @@ where we differ is an option, listed in the spec's decision table (D1–D12).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import itertools
 import math
 import warnings
+from typing import NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -22,6 +24,7 @@ from torch import nn
 from src.methods import growing
 from src.methods.base import find_targets, register
 
+STORE_NAME = "triadapt_blocks"  # the model's TriAdaptBlocks submodule
 SCHEDULES = ("linear", "exponential", "fixed")
 INITS = ("identity", "gaussian")
 SCALINGS = ("rank", "constant")
@@ -107,15 +110,335 @@ class TriAdaptConfig:
 
 
 # ---------------------------------------------------------------------------------------------------
+# Storage
+# ---------------------------------------------------------------------------------------------------
+class Block(NamedTuple):
+    """Where one growth block of one layer lives: event tensor, offset in it, size k, first row."""
+
+    event: int
+    offset: int
+    k: int
+    start: int  # s_{j-1}: the block's first row of A (and of its L strip) in the layer
+
+
+class Factors(NamedTuple):
+    """One materialisation of every layer's factors (``TriAdaptBlocks.materialise``).
+
+    ``M[i]`` = s_i·T_i·A_i (r_i × d_in) and ``Bt[i]`` = B_iᵀ (r_i × d_out) are what layer i's forward
+    multiplies by; ``A_groups`` / ``Bt_groups`` are the zero-padded batches the regulariser reads.
+    """
+
+    M: list[torch.Tensor]
+    Bt: list[torch.Tensor]
+    A_groups: list[torch.Tensor]
+    Bt_groups: list[torch.Tensor]
+    T_groups: list[torch.Tensor]  # unscaled T = L + U per A group, padded
+
+
+class _Plan(NamedTuple):
+    index: torch.Tensor  # positions in cat(events, [0]) of every gathered value
+    sizes: list[int]  # split of the gathered vector: A groups, Bᵀ groups, then the T part
+    a_shapes: list[tuple[int, int, int]]
+    b_shapes: list[tuple[int, int, int]]
+    t_shapes: list[tuple[int, int, int]]
+    scale: torch.Tensor  # per entry of the T part: s_i of the entry's layer
+    a_masks: list[torch.Tensor]  # I_{r_i} padded, per A group: the regulariser's identity
+    b_masks: list[torch.Tensor]
+    a_slot: list[tuple[int, int]]  # per slot: (A group, position in it)
+    b_slot: list[tuple[int, int]]
+
+
+class TriAdaptBlocks(growing.SharedAdapterStorage):
+    """Every TriAdaptLoRA factor of a model, in one flat tensor per allocation event (spec §5.2, D13).
+
+    Why: each tensor the optimizer holds costs a few operator calls per step (gradient accumulation,
+    clipping, AdamW), and where a step is dispatch-bound (a GPU at BERT-base size, or a small batch)
+    the old layout (four tensors per growth block per module, 1,152 tensors at r̄ 8) made TriAdaptLoRA
+    2.4× LoRA's step time. Here an event's blocks, across all modules it grows, live in one tensor:
+
+    - ``event_0`` holds every module's initial block, ``event_e`` the blocks born at allocation event
+      e (one per ``grow``), module by module; a block is [L strip (k×s) | U strip (s×k) | A rows
+      (k×d_in) | Bᵀ rows (k×d_out)], row-major. Bᵀ, not B, so every block is one contiguous range.
+    - This is exact (D13): the values are those of the per-block layout; growth only appends a tensor;
+      and the blocks of one event already shared one param group and one AdamW step count (§5.8),
+      while AdamW is elementwise, so one tensor per event keeps each block's optimizer semantics.
+    - Once per model forward (a pre-hook) one ``index_select`` gathers every layer's A, Bᵀ and the
+      two strip contributions to T into zero-padded batches grouped by d_in / d_out; then per A
+      group one ``bmm`` gives M = s·T·A, so each layer runs one matmul and one ``addmm`` (peft's LoRA
+      runs two matmuls, a scaling and an add), and the regulariser is a few batched operations.
+    - Outside a model forward (a layer called alone, ``delta_weight``, scores) the same gather runs
+      on demand; without autograd its result is cached until a parameter changes.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.__dict__["layers"] = []  # TriAdaptLinear by slot, in module order; not submodules
+        self.blocks: list[list[Block]] = []
+        self.ranks: list[int] = []
+        self.n_events = 0
+        self._pending: list[tuple[int, int, dict]] = []  # initial blocks until commit()
+        self.register_buffer("zero", torch.zeros(1), persistent=False)  # target of padded positions
+        self._plan: _Plan | None = None
+        self._plan_key = None
+        self._active: Factors | None = None  # set for the duration of one model forward
+        self._depth = 0  # nesting of hooked forwards (a model's forward calls its encoder's)
+
+    # -- structure ---------------------------------------------------------------------------------
+    def events(self) -> list[nn.Parameter]:
+        return [getattr(self, f"event_{e}") for e in range(self.n_events)]
+
+    def add_layer(self, layer: TriAdaptLinear, k: int) -> int:
+        """Register ``layer`` with an initial block of size k (values drawn now, stored at commit)."""
+        slot = len(self.layers)
+        self.layers.append(layer)
+        self.blocks.append([])
+        self.ranks.append(0)
+        self._pending.append((slot, k, layer.init_values(k, 0)))
+        self.ranks[slot] = k
+        return slot
+
+    def commit(self) -> nn.Parameter | None:
+        """Store the initial blocks of every layer added so far as one tensor (event 0)."""
+        pending, self._pending = self._pending, []
+        return self._new_event(pending) if pending else None
+
+    def grow(self, sizes: list[tuple[int, int]], init: bool = True) -> list[nn.Parameter]:
+        """One allocation event: layer ``slot`` grows by ``k`` for each (slot, k), one new tensor.
+
+        Values are drawn in the given (selection) order, the order the per-block layout drew them
+        in, so a seeded run draws the same numbers; ``init=False`` leaves zeros (a load fills them).
+        """
+        if not sizes:
+            return []
+        items = []
+        for slot, k in sizes:
+            self.layers[slot].check_not_merged("grow")
+            r = self.ranks[slot]
+            items.append((slot, k, self.layers[slot].init_values(k, r) if init else None))
+            self.ranks[slot] = r + k
+        param = self._new_event(items)
+        self.plan()  # now, so that the event, not the next step, pays for it
+        return [param]
+
+    def _new_event(self, items: list[tuple[int, int, dict | None]]) -> nn.Parameter:
+        e, offset, parts, placed = self.n_events, 0, [], []
+        for slot, k, values in sorted(items, key=lambda item: item[0]):
+            layer = self.layers[slot]
+            start = sum(b.k for b in self.blocks[slot])
+            s = start + k
+            size = 2 * k * s + k * (layer.in_features + layer.out_features)
+            if values is not None:
+                parts += [values[n].reshape(-1) for n in ("L", "U", "A", "Bt")]
+            placed.append((slot, Block(e, offset, k, start)))
+            offset += size
+        device = self.layers[items[0][0]].base_layer.weight.device
+        dtype = self.events()[0].dtype if self.n_events else torch.float32
+        flat = torch.cat(parts).to(dtype) if parts else torch.zeros(offset, device=device, dtype=dtype)
+        param = nn.Parameter(flat)
+        self.register_parameter(f"event_{e}", param)
+        self.n_events += 1
+        for slot, block in placed:
+            self.blocks[slot].append(block)
+        self._plan = None
+        return param
+
+    def block_tensors(self, slot: int) -> list[tuple[torch.Tensor, ...]]:
+        """(L_j, U_j, A_j, B_jᵀ) of every block of layer ``slot``: views into the event tensors."""
+        layer, events, out = self.layers[slot], self.events(), []
+        for b in self.blocks[slot]:
+            s, d_in, d_out = b.start + b.k, layer.in_features, layer.out_features
+            sizes = [b.k * s, s * b.k, b.k * d_in, b.k * d_out]
+            flat = events[b.event][b.offset : b.offset + sum(sizes)]
+            L, U, A, Bt = flat.split(sizes)
+            out.append((L.view(b.k, s), U.view(s, b.k), A.view(b.k, d_in), Bt.view(b.k, d_out)))
+        return out
+
+    # -- the gather plan (rebuilt after growth) ----------------------------------------------------
+    def _groups(self, dim: str) -> dict[int, list[int]]:
+        groups: dict[int, list[int]] = {}
+        for slot, layer in enumerate(self.layers):
+            groups.setdefault(getattr(layer, dim), []).append(slot)
+        return groups
+
+    def plan(self) -> _Plan:
+        """Gather positions for the current blocks; rebuilt (in numpy, once) after every event."""
+        events = self.events()
+        key = (self.n_events, events[0].device, events[0].dtype)
+        if self._plan is not None and self._plan_key == key:
+            return self._plan
+        starts = np.cumsum([0] + [p.numel() for p in events])
+        zero = int(starts[-1])  # the appended 0: every padded position reads it
+        n_slots = len(self.layers)
+        a_slot, b_slot = [None] * n_slots, [None] * n_slots
+        a_idx, b_idx, tl_idx, tu_idx, scale, a_masks, b_masks = [], [], [], [], [], [], []
+        for g, slots in enumerate(self._groups("in_features").values()):
+            d, rmax = self.layers[slots[0]].in_features, max(self.ranks[s] for s in slots)
+            A = np.full((len(slots), rmax, d), zero, dtype=np.int64)
+            TL = np.full((len(slots), rmax, rmax), zero, dtype=np.int64)
+            TU = np.full((len(slots), rmax, rmax), zero, dtype=np.int64)
+            for j, slot in enumerate(slots):
+                a_slot[slot] = (g, j)
+                for b in self.blocks[slot]:
+                    base, k, s = int(starts[b.event]) + b.offset, b.k, b.start + b.k
+                    TL[j, b.start : s, :s] = base + np.arange(k * s).reshape(k, s)
+                    TU[j, :s, b.start : s] = base + k * s + np.arange(s * k).reshape(s, k)
+                    A[j, b.start : s] = base + 2 * k * s + np.arange(k * d).reshape(k, d)
+            a_idx.append(A)
+            tl_idx.append(TL)
+            tu_idx.append(TU)
+            scale.append(np.repeat([self.layers[s].scale for s in slots], rmax * rmax))
+            a_masks.append(self._eye(slots, rmax))
+        for g, slots in enumerate(self._groups("out_features").values()):
+            d, rmax = self.layers[slots[0]].out_features, max(self.ranks[s] for s in slots)
+            Bt = np.full((len(slots), rmax, d), zero, dtype=np.int64)
+            for j, slot in enumerate(slots):
+                b_slot[slot] = (g, j)
+                d_in = self.layers[slot].in_features
+                for b in self.blocks[slot]:
+                    k, s = b.k, b.start + b.k
+                    base = int(starts[b.event]) + b.offset + 2 * k * s + k * d_in
+                    Bt[j, b.start : s] = base + np.arange(k * d).reshape(k, d)
+            b_idx.append(Bt)
+            b_masks.append(self._eye(slots, rmax))
+        device, dtype = events[0].device, events[0].dtype
+        index = np.concatenate([t.reshape(-1) for t in (*a_idx, *b_idx, *tl_idx, *tu_idx)])
+        self._plan = _Plan(
+            index=torch.from_numpy(index).to(device),
+            sizes=[t.size for t in (*a_idx, *b_idx)] + [2 * sum(t.size for t in tl_idx)],
+            a_shapes=[t.shape for t in a_idx],
+            b_shapes=[t.shape for t in b_idx],
+            t_shapes=[t.shape for t in tl_idx],
+            scale=torch.from_numpy(np.concatenate(scale)).to(device, dtype),
+            a_masks=[torch.from_numpy(m).to(device, dtype) for m in a_masks],
+            b_masks=[torch.from_numpy(m).to(device, dtype) for m in b_masks],
+            a_slot=a_slot,
+            b_slot=b_slot,
+        )
+        self._plan_key = key
+        return self._plan
+
+    def _eye(self, slots: list[int], rmax: int) -> np.ndarray:
+        """I_{r_i} in the top-left corner of each module's rmax × rmax block, zero elsewhere."""
+        ranks = np.array([self.ranks[s] for s in slots])
+        return (np.arange(rmax) < ranks[:, None])[:, :, None] * np.eye(rmax)
+
+    # -- materialisation ---------------------------------------------------------------------------
+    def materialise(self) -> Factors:
+        plan, events = self.plan(), self.events()
+        flat = torch.cat([*events, self.zero.to(events[0].dtype)])
+        gathered = torch.index_select(flat, 0, plan.index).split(plan.sizes)
+        na, nb = len(plan.a_shapes), len(plan.b_shapes)
+        A = [part.view(shape) for part, shape in zip(gathered[:na], plan.a_shapes, strict=True)]
+        Bt = [part.view(shape) for part, shape in zip(gathered[na : na + nb], plan.b_shapes, strict=True)]
+        T = gathered[-1].view(2, -1).sum(0)  # L + U: diagonal blocks get both strips, the rest one
+        sizes = [math.prod(shape) for shape in plan.t_shapes]
+        T_groups = [part.view(shape) for part, shape in zip(T.split(sizes), plan.t_shapes, strict=True)]
+        sT = (T * plan.scale).split(sizes)
+        M_groups = [
+            torch.bmm(t.view(shape), a) for t, shape, a in zip(sT, plan.t_shapes, A, strict=True)
+        ]  # s·T·A per layer, batched: each layer then multiplies its input once by it
+        M_rows = [m.unbind(0) for m in M_groups]
+        Bt_rows = [b.unbind(0) for b in Bt]
+        M, B = [], []
+        for slot, r in enumerate(self.ranks):
+            (ga, ja), (gb, jb) = plan.a_slot[slot], plan.b_slot[slot]
+            m, b = M_rows[ga][ja], Bt_rows[gb][jb]
+            M.append(m if m.shape[0] == r else m[:r])
+            B.append(b if b.shape[0] == r else b[:r])
+        return Factors(M, B, A, Bt, T_groups)
+
+    def current(self) -> Factors:
+        """The factors of the forward (or ``session``) under way; outside one, a fresh gather."""
+        return self._active if self._active is not None else self.materialise()
+
+    # The values change in place (the optimizer), so a gather is valid for one forward only: it is
+    # made when the outermost hooked module starts and dropped when it ends. Hooks sit on the model
+    # and on its encoder and decoder, which generate() calls on their own.
+    def begin_forward(self, module: nn.Module | None = None, args=None, force: bool = False) -> None:
+        self._depth += 1
+        live = force or any(not (layer.merged or layer.disabled) for layer in self.layers)
+        if self._depth == 1 and live:
+            self._active = self.materialise()
+
+    def end_forward(self, module: nn.Module | None = None, args=None, output=None) -> None:
+        self._depth = max(0, self._depth - 1)
+        if self._depth == 0:
+            self._active = None
+
+    @contextlib.contextmanager
+    def session(self):
+        """One gather shared by everything inside (scores, merging): not one per layer."""
+        self.begin_forward(force=True)
+        try:
+            yield
+        finally:
+            self.end_forward()
+
+    def hook(self, model: nn.Module) -> list:
+        """Register the begin/end hooks on ``model`` and its encoder and decoder; returns the handles."""
+        modules = [model]
+        for getter in ("get_encoder", "get_decoder"):
+            part = getattr(model, getter, lambda: None)()
+            if isinstance(part, nn.Module) and part is not model:
+                modules.append(part)
+        handles = []
+        for module in modules:
+            handles.append(module.register_forward_pre_hook(self.begin_forward))
+            handles.append(module.register_forward_hook(self.end_forward, always_call=True))
+        return handles
+
+    # -- what the method reads -----------------------------------------------------------------------
+    def factor(self, slot: int, which: str) -> torch.Tensor:
+        """A_i (r × d_in), B_iᵀ (r × d_out) or the unscaled T_i (r × r) of one layer, contiguous."""
+        factors, plan, r = self.current(), self.plan(), self.ranks[slot]
+        if which == "Bt":
+            g, j = plan.b_slot[slot]
+            return factors.Bt_groups[g][j, :r]
+        g, j = plan.a_slot[slot]
+        if which == "A":
+            return factors.A_groups[g][j, :r]
+        return factors.T_groups[g][j, :r, :r].contiguous()
+
+    def orth_penalty_sum(self) -> torch.Tensor:
+        """Σ_i ‖A_i A_iᵀ − I‖_F + ‖B_iᵀ B_i − I‖_F (spec §5.7), a few batched operations per group.
+
+        Zero padding leaves each Gram matrix's live block unchanged and adds zeros elsewhere, and the
+        padded identity is zero there too, so the padded norm is the module's norm.
+        """
+        factors, plan = self.current(), self.plan()
+        total = None
+        for P, eye in zip(
+            (*factors.A_groups, *factors.Bt_groups), (*plan.a_masks, *plan.b_masks), strict=True
+        ):
+            part = torch.linalg.vector_norm(torch.bmm(P, P.transpose(1, 2)) - eye, dim=(1, 2)).sum()
+            total = part if total is None else total + part
+        return total
+
+    @torch.no_grad()
+    def norms(self, divisor: str) -> list[float]:
+        """N_i = ‖T_i‖_F / r_i (or / blocks) per layer, fp32, as the per-block layout computed it."""
+        with self.session():
+            values = [
+                torch.linalg.norm(self.factor(slot, "T").float())
+                / (self.ranks[slot] if divisor == "rank" else len(self.blocks[slot]))
+                for slot in range(len(self.layers))
+            ]
+        return torch.stack(values).tolist()  # one device sync for all modules
+
+
+# ---------------------------------------------------------------------------------------------------
 # Layer
 # ---------------------------------------------------------------------------------------------------
 class TriAdaptLinear(growing.AdapterLinear):
-    """Frozen linear + s·B (L + U) A, stored as per-block strips (spec §5.2).
+    """Frozen linear + s·B (L + U) A (spec §5.2–5.4), its factors kept in a ``TriAdaptBlocks``.
 
-    Block j (size k_j, cumulative rank s_j) owns ``A[j]`` (k_j × d_in), ``B[j]`` (d_out × k_j), the
-    row strip ``L[j]`` (k_j × s_j, rows [s_{j-1}, s_j) of L) and the column strip ``U[j]``
-    (s_j × k_j, columns [s_{j-1}, s_j) of U). Growth appends a block; existing tensors are never
-    touched, so they keep their identity and their optimizer state.
+    Block j (size k_j, cumulative rank s_j) has A rows (k_j × d_in), B columns (d_out × k_j), the
+    row strip L_j (k_j × s_j, rows [s_{j-1}, s_j) of L) and the column strip U_j (s_j × k_j,
+    columns [s_{j-1}, s_j) of U). Growth appends a block and touches nothing that exists.
+
+    A layer built alone owns its storage (a submodule); ``method=triadapt`` passes one storage
+    shared by every layer of the model. The state dict holds per-block tensors ``L.j``, ``U.j``,
+    ``A.j``, ``B.j`` under the layer's own name, whatever the storage.
     """
 
     def __init__(
@@ -128,6 +451,7 @@ class TriAdaptLinear(growing.AdapterLinear):
         reference_rank: int = 8,
         init: str = "identity",
         init_std: float = 0.02,
+        store: TriAdaptBlocks | None = None,
     ):
         super().__init__(base_layer)
         self.lora_alpha = lora_alpha
@@ -136,31 +460,53 @@ class TriAdaptLinear(growing.AdapterLinear):
         self.init = init
         self.init_std = init_std
         self.dropout = nn.Dropout(lora_dropout) if lora_dropout > 0 else nn.Identity()
-        self.A = nn.ParameterList()
-        self.B = nn.ParameterList()
-        self.L = nn.ParameterList()
-        self.U = nn.ParameterList()
-        self._blocks: list[int] = []
-        self.grow(init_rank)
+        own = store is None
+        store = TriAdaptBlocks() if own else store
+        if own:
+            self.blocks = store  # a submodule: its tensors are this layer's parameters
+        else:
+            self.__dict__["store_ref"] = store  # shared: the model owns it, not each layer
+        self.slot = store.add_layer(self, init_rank)
+        if own:
+            store.commit()
+
+    @property
+    def store(self) -> TriAdaptBlocks:
+        shared = self.__dict__.get("store_ref")
+        return shared if shared is not None else self.blocks
 
     @property
     def rank(self) -> int:
-        return sum(self._blocks)
+        return self.store.ranks[self.slot]
 
     @property
     def scale(self) -> float:
         return self.lora_alpha / (self.rank if self.scaling_mode == "rank" else self.reference_rank)
 
     def block_sizes(self) -> list[int]:
-        return list(self._blocks)
+        return [b.k for b in self.store.blocks[self.slot]]
 
-    def grow(self, k: int) -> list[nn.Parameter]:
-        """Append one block of size ``k`` (spec §5.4 init) and return its four new parameters."""
-        self.check_not_merged("grow")
-        r, s = self.rank, self.rank + k
-        w = self.base_layer.weight
+    # Per-block views into the storage (writes go through), in block order: L_j, U_j, A_j, B_j.
+    @property
+    def L(self) -> list[torch.Tensor]:
+        return [t[0] for t in self.store.block_tensors(self.slot)]
+
+    @property
+    def U(self) -> list[torch.Tensor]:
+        return [t[1] for t in self.store.block_tensors(self.slot)]
+
+    @property
+    def A(self) -> list[torch.Tensor]:
+        return [t[2] for t in self.store.block_tensors(self.slot)]
+
+    @property
+    def B(self) -> list[torch.Tensor]:
+        return [t[3].t() for t in self.store.block_tensors(self.slot)]
+
+    def init_values(self, k: int, r: int) -> dict[str, torch.Tensor]:
+        """A new block of size k on top of rank r (spec §5.4), drawn in the per-block layout's order."""
+        s, w = r + k, self.base_layer.weight
         kw = {"device": w.device, "dtype": torch.float32}
-        first = not self._blocks
         A = torch.randn(k, self.in_features, **kw) * self.init_std
         if self.init == "identity":
             # T becomes diag(T_old, I_k) and the new B columns are 0, so B T A is exactly unchanged
@@ -171,81 +517,46 @@ class TriAdaptLinear(growing.AdapterLinear):
         else:
             B = (
                 torch.zeros(self.out_features, k, **kw)
-                if first
+                if r == 0
                 else torch.randn(self.out_features, k, **kw) * self.init_std
             )
             L, U = torch.randn(k, s, **kw) * self.init_std, torch.randn(s, k, **kw) * self.init_std
-        new = [nn.Parameter(t) for t in (L, U, A, B)]
-        for plist, p in zip((self.L, self.U, self.A, self.B), new, strict=True):
-            plist.append(p)
-        self._blocks.append(k)
-        return new
+        return {"L": L, "U": U, "A": A, "Bt": B.t()}
+
+    def grow(self, k: int) -> list[nn.Parameter]:
+        """Append one block of size ``k`` to this layer alone (one event); returns the new tensor."""
+        return self.store.grow([(self.slot, k)])
 
     def restore_blocks(self, blocks: list[int]) -> None:
         current = self.block_sizes()
         if blocks[: len(current)] != current:
             raise ValueError(f"block pattern {blocks} does not extend the layer's blocks {current}")
         for k in blocks[len(current) :]:
-            self.grow(k)
-
-    def _strip_index(self, device: torch.device) -> torch.Tensor:
-        """Flat positions in T (row-major, r × r) of every strip entry, in ``_strip_values`` order.
-
-        Rebuilt only when the block structure or device changes (i.e. after growth), so assembling T
-        costs one concatenation and one ``index_add`` per forward instead of 2·blocks pads and cats.
-        """
-        key = (tuple(self._blocks), device)
-        if getattr(self, "_index_key", None) != key:
-            r, pos = self.rank, torch.arange(self.rank)
-            ends = list(itertools.accumulate(self._blocks))
-            bounds = list(zip([0, *ends[:-1]], ends, strict=True))
-            rows = [(pos[a:b, None] * r + pos[None, :b]).reshape(-1) for a, b in bounds]  # L_j: k_j × s_j
-            cols = [(pos[:b, None] * r + pos[None, a:b]).reshape(-1) for a, b in bounds]  # U_j: s_j × k_j
-            self._index = torch.cat(rows + cols).to(device)
-            self._index_key = key
-        return self._index
-
-    def _strip_values(self) -> torch.Tensor:
-        return torch.cat([p.reshape(-1) for p in (*self.L, *self.U)])
+            self.store.grow([(self.slot, k)], init=False)
 
     def transform(self) -> torch.Tensor:
-        """T = L + U (r × r), assembled from the strips by a precomputed scatter (autograd-safe).
-
-        Diagonal blocks receive one entry from L and one from U; ``index_add`` sums them.
-        """
-        r = self.rank
-        values = self._strip_values()
-        flat = values.new_zeros(r * r).index_add(0, self._strip_index(values.device), values)
-        return flat.view(r, r)
+        """T = L + U (r × r): diagonal blocks receive one entry from L and one from U."""
+        return self.store.factor(self.slot, "T")
 
     def factor_A(self) -> torch.Tensor:
-        return self.A[0] if len(self.A) == 1 else torch.cat(list(self.A), dim=0)
+        return self.store.factor(self.slot, "A")
 
     def factor_B(self) -> torch.Tensor:
-        return self.B[0] if len(self.B) == 1 else torch.cat(list(self.B), dim=1)
+        return self.store.factor(self.slot, "Bt").t()
 
     def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(A, B) of the current forward when one just ran in training, else freshly concatenated.
-
-        The regulariser runs right after the model's forward; reusing the forward's concatenations
-        (popped, so never stale) saves two copies per module per step.
-        """
-        cached = self.__dict__.pop("_forward_factors", None)
-        return cached if cached is not None else (self.factor_A(), self.factor_B())
+        return self.factor_A(), self.factor_B()
 
     def adapter_factors(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(dropout(x) Aᵀ (s·T)ᵀ, B): s is folded into the r × r transform, so scaling costs r²
-        multiplications instead of a pass over the n × d_out output."""
-        # factored (D11): O(n·r·(d_in + d_out + r)); the d_out × d_in update is never built here.
-        # A is fp32 unless the whole model was cast after injection; follow it rather than fail.
-        A, B = self.factor_A(), self.factor_B()
-        if self.training and torch.is_grad_enabled():
-            self.__dict__["_forward_factors"] = (A, B)
-        h = F.linear(self.dropout(x.to(A.dtype)), A)
-        return F.linear(h, self.transform() * self.scale), B
+        """(dropout(x) (s·T·A)ᵀ, Bᵀ): O(n·r·(d_in + d_out)); the d_out × d_in update is never built."""
+        factors = self.store.current()
+        M, Bt = factors.M[self.slot], factors.Bt[self.slot]
+        # fp32 unless the whole model was cast after injection; follow it rather than fail
+        return F.linear(self.dropout(x.to(M.dtype)), M), Bt
 
     def adapter_forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(*self.adapter_factors(x))
+        h, Bt = self.adapter_factors(x)
+        return h @ Bt
 
     def delta_weight(self) -> torch.Tensor:
         return self.scale * (self.factor_B() @ self.transform() @ self.factor_A()).float()
@@ -253,7 +564,7 @@ class TriAdaptLinear(growing.AdapterLinear):
     def effective_params(self) -> int:
         """§5.9: r (d_in + d_out) + Σ_j 2 k_j s_j."""
         total, cum = self.rank * (self.in_features + self.out_features), 0
-        for k in self._blocks:
+        for k in self.block_sizes():
             cum += k
             total += 2 * k * cum
         return total
@@ -262,13 +573,43 @@ class TriAdaptLinear(growing.AdapterLinear):
     def norm_tensor(self, divisor: str) -> torch.Tensor:
         """N_i = ‖L + U‖_F / r_i (or / number of blocks), fp32, as a 0-d tensor on the layer's device."""
         value = torch.linalg.norm(self.transform().float())
-        return value / (self.rank if divisor == "rank" else len(self._blocks))
+        return value / (self.rank if divisor == "rank" else len(self.block_sizes()))
 
     def norm(self, divisor: str) -> float:
         return self.norm_tensor(divisor).item()
 
+    # -- the state dict: per-block tensors under this layer's name, whatever the storage ------------
+    def _block_entries(self) -> list[tuple[str, torch.Tensor]]:
+        entries = []
+        for j, (L, U, A, Bt) in enumerate(self.store.block_tensors(self.slot)):
+            entries += [(f"L.{j}", L), (f"U.{j}", U), (f"A.{j}", A), (f"B.{j}", Bt.t())]
+        return entries
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        for name, tensor in self._block_entries():
+            destination[prefix + name] = tensor if keep_vars else tensor.detach()
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing, unexpected, errors):
+        mine = set()
+        for name, target in self._block_entries():
+            key = prefix + name
+            if key not in state_dict:
+                if strict:
+                    missing.append(key)
+                continue
+            mine.add(key)
+            value = state_dict[key]
+            if value.shape != target.shape:
+                errors.append(f"size mismatch for {key}: {tuple(value.shape)} vs {tuple(target.shape)}")
+                continue
+            with torch.no_grad():
+                target.copy_(value)
+        rest = {k: v for k, v in state_dict.items() if k not in mine}
+        super()._load_from_state_dict(rest, prefix, local_metadata, strict, missing, unexpected, errors)
+
     def extra_repr(self) -> str:
-        return f"blocks={self._blocks}, scale={self.scale:.4g}, init={self.init}"
+        return f"blocks={self.block_sizes()}, scale={self.scale:.4g}, init={self.init}"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -364,6 +705,8 @@ class TriAdaptLoRA(growing.GrowingAdapterMethod):
                 f"{config.init_rank}·{num_modules}; nothing could ever be allocated"
             )
 
+        store = TriAdaptBlocks()
+
         def make_layer(name: str, linear: nn.Linear) -> TriAdaptLinear:
             return TriAdaptLinear(
                 linear,
@@ -374,6 +717,7 @@ class TriAdaptLoRA(growing.GrowingAdapterMethod):
                 reference_rank=config.reference_rank,
                 init=config.init,
                 init_std=config.init_std,
+                store=store,
             )
 
         model = growing.prepare_model(
@@ -385,11 +729,14 @@ class TriAdaptLoRA(growing.GrowingAdapterMethod):
             make_layer,
             self.regularizer,
         )
+        store.commit()
+        model.add_module(STORE_NAME, store)
         layers = growing.adapter_layers(model)
         info = growing.get_info(model)
+        info.hooks += store.hook(model)  # after the regulariser's: it reads this forward's factors
         info.state.update(
             target_total_rank=target_total,
-            norm_prev={name: layer.norm(config.norm_divisor) for name, layer in layers.items()},
+            norm_prev=dict(zip(layers, store.norms(config.norm_divisor), strict=True)),
             events=0,
         )
         events = dry_run_schedule(
@@ -419,18 +766,17 @@ class TriAdaptLoRA(growing.GrowingAdapterMethod):
         config = growing.get_info(model).config
         if config.orth_reg_weight == 0:
             return None
-        layers = list(growing.adapter_layers(model).values())
-        total = sum(growing.orth_penalty(*layer.factors()) for layer in layers)
-        denom = 2 * len(layers) if config.orth_reduction == "per_factor" else len(layers)
-        return config.orth_reg_weight * total / denom
+        store = self.store(model)
+        n = len(store.layers)
+        denom = 2 * n if config.orth_reduction == "per_factor" else n
+        return store.orth_penalty_sum() * (config.orth_reg_weight / denom)
 
     def importance(self, model: nn.Module) -> list[float]:
         """S_i per module in module order (spec §5.5); updates N_prev for every module."""
         info = growing.get_info(model)
         config, prev = info.config, info.state["norm_prev"]
         layers = growing.adapter_layers(model)
-        # one device sync for all modules instead of one per module (.item() each)
-        norms = torch.stack([layer.norm_tensor(config.norm_divisor) for layer in layers.values()]).tolist()
+        norms = self.store(model).norms(config.norm_divisor)
         scores = []
         for name, current in zip(layers, norms, strict=True):
             scores.append(current - prev[name] if config.score == "increment" else current)
@@ -460,10 +806,8 @@ class TriAdaptLoRA(growing.GrowingAdapterMethod):
         names = list(layers)
         selected = [names[i] for i in select_modules(scores, k, config.selection)]
         sizes = growth_sizes(len(selected), total, target_total, config.incre_rank_num, config.clip_to_budget)
-        new_params, grown = [], {}
-        for name, g in zip(selected, sizes, strict=False):
-            new_params += layers[name].grow(g)
-            grown[name] = g
+        grown = dict(zip(selected, sizes, strict=False))
+        new_params = self.store(model).grow([(layers[name].slot, g) for name, g in grown.items()])
         if optimizer is not None:
             growing.add_param_group(
                 optimizer,
@@ -485,6 +829,53 @@ class TriAdaptLoRA(growing.GrowingAdapterMethod):
             "target_total_rank": target_total,
             "new_params": sum(p.numel() for p in new_params),
         }
+
+    @staticmethod
+    def store(model: nn.Module) -> TriAdaptBlocks:
+        return model.get_submodule(STORE_NAME)
+
+    def save(self, model: nn.Module, directory: str) -> None:
+        # which event made each block: a resumed run rebuilds the same event tensors, so the saved
+        # optimizer state (one entry per event tensor) loads onto the right values
+        store, layers = self.store(model), growing.adapter_layers(model)
+        events = {name: [b.event for b in store.blocks[layer.slot]] for name, layer in layers.items()}
+        growing.save_adapter(model, directory, extra={"block_events": events})
+
+    def merge(self, model: nn.Module) -> None:
+        with self.store(model).session():
+            growing.merge(model)
+
+    def unmerge(self, model: nn.Module) -> None:
+        with self.store(model).session():
+            growing.unmerge(model)
+
+    def merge_and_unload(self, model: nn.Module) -> nn.Module:
+        with self.store(model).session():
+            growing.merge(model)
+        return growing.merge_and_unload(model)
+
+    def restore_blocks(self, model: nn.Module, pattern: dict[str, list[int]], meta: dict) -> None:
+        """Rebuild the event tensors of the saved run: blocks born at one event share one tensor.
+
+        Adapters saved before block_events existed get one event per block index (the layout does
+        not matter for a loaded adapter; only a resumed optimizer needs the original one).
+        """
+        store, layers = self.store(model), growing.adapter_layers(model)
+        events = meta.get("block_events") or {n: list(range(len(b))) for n, b in pattern.items()}
+        if set(events) != set(pattern) or any(len(events[n]) != len(pattern[n]) for n in pattern):
+            raise ValueError("block_events does not match rank_pattern; the adapter_config.json is corrupted")
+        born: dict[int, list[tuple[int, int]]] = {}
+        for name, blocks in pattern.items():
+            layer = layers[name]
+            have = len(layer.block_sizes())
+            if blocks[:have] != layer.block_sizes():
+                raise ValueError(
+                    f"block pattern {blocks} does not extend {name}'s blocks {layer.block_sizes()}"
+                )
+            for k, e in zip(blocks[have:], events[name][have:], strict=True):
+                born.setdefault(e, []).append((layer.slot, k))
+        for e in sorted(born):
+            store.grow(born[e], init=False)
 
     def training_state(self, model: nn.Module) -> dict:
         state = growing.get_info(model).state

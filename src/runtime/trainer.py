@@ -192,6 +192,8 @@ def training_arguments(
         seed=seed,
         bf16=tr.bf16,
         fp16=tr.fp16,
+        # bf16 autocast on a CPU: transformers refuses bf16 without a GPU unless told it is on a CPU
+        use_cpu=bool(tr.bf16) and not torch.cuda.is_available(),
         dataloader_num_workers=tr.dataloader_num_workers,
         train_sampling_strategy=tr.get("train_sampling_strategy", "random"),
         remove_unused_columns=False,
