@@ -47,6 +47,18 @@ NON_IDENTITY_KEYS = ("paths", "logger", "run_id", "hydra", "skip_existing", "sav
 # what it computes (a resumed run has the identity of the run it continues); `optim` picks an
 # implementation of the same AdamW update, which changes results at rounding level, as threads do.
 NON_IDENTITY_GROUP_KEYS = {"trainer": ("checkpoint", "save_steps", "resume", "keep_checkpoints", "optim")}
+# Method options added after records existed, at the value that computes what those records computed:
+# a key at this value stays out of the identity, so the old records keep their ids (any other value,
+# e.g. IncreLoRA's new defaults activated_group=new and spares_after_growth=keep, is in it).
+IDENTITY_NEUTRAL = {
+    "method": {
+        "allocator_timing": "after_step",
+        "score": "sensitivity",  # IncreLoRA's (TriAdaptLoRA's score values differ)
+        "activated_group": "birth",
+        "spares_after_growth": "freeze",
+        "seed": None,  # the growing methods' copy of the run seed, filled at run time
+    }
+}
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
@@ -86,6 +98,9 @@ def config_hash(config: dict) -> str:
     for group, keys in NON_IDENTITY_GROUP_KEYS.items():
         if isinstance(identity.get(group), dict):
             identity[group] = {k: v for k, v in identity[group].items() if k not in keys}
+    for group, neutral in IDENTITY_NEUTRAL.items():
+        if isinstance(identity.get(group), dict):
+            identity[group] = {k: v for k, v in identity[group].items() if neutral.get(k, object()) != v}
     return hashlib.sha1(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 

@@ -74,7 +74,10 @@ def train(cfg: DictConfig) -> dict:
         )
         args = training_arguments(tr, str(checkpoint_dir), total, per_epoch, cfg.seed)
         method_cfg = method.make_config(
-            OmegaConf.to_container(cfg.method, resolve=True), total_step=total, warmup_steps=args.warmup_steps
+            OmegaConf.to_container(cfg.method, resolve=True),
+            total_step=total,
+            warmup_steps=args.warmup_steps,
+            seed=cfg.seed,
         )
         tracker.record["method_config"] = dataclasses.asdict(method_cfg)  # with T and warmup filled in
         overrides = config["backbone"].get("config_overrides") or {}

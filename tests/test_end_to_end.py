@@ -182,3 +182,35 @@ def test_bf16_autocast_trains_every_method_and_keeps_adapter_tensors_fp32(
         assert record["budget"]["final"]["total_rank"] == record["budget"]["final"]["target_total_rank"]
     saved = load_file(str(tmp_path / "out" / "adapter" / "adapter_model.safetensors"))
     assert saved and {t.dtype for t in saved.values()} == {torch.float32}
+
+
+@pytest.mark.parametrize("method", ["increlora", "triadapt"])
+def test_allocator_before_the_optimizer_step_runs_in_the_trainer(cfg_factory, shared_data, tmp_path, method):
+    """allocator_timing=before_step: HF's on_pre_optimizer_step runs the hook (spec §1.4); the
+    schedule's event steps and the final budget are those of after_step."""
+    runs = {}
+    for timing in ("after_step", "before_step"):
+        runs[timing] = train(
+            cfg_factory(
+                "backbone=tiny-deberta",
+                "task=rte",
+                f"task.data_dir={shared_data}/glue/rte",
+                f"method={method}",
+                *METHOD_OVERRIDES[method],
+                f"method.allocator_timing={timing}",
+                "trainer.max_steps=8",
+                "trainer.eval_steps=8",
+                "trainer.per_device_train_batch_size=8",
+                "task.max_eval_samples=16",
+                "logger=none",
+                f"run_id={method}-{timing}",
+            )
+        )
+    after, before = runs["after_step"], runs["before_step"]
+    assert before["status"] == "ok" and before["method_config"]["allocator_timing"] == "before_step"
+    assert [e["step"] for e in before["events"]] == [e["step"] for e in after["events"]] != []
+    assert before["budget"]["final"]["total_rank"] == before["budget"]["final"]["target_total_rank"]
+    assert (
+        before["run_id"] != after["run_id"]
+        and before["config"]["method"]["allocator_timing"] == "before_step"
+    )

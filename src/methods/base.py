@@ -87,6 +87,11 @@ class AdapterMethod(abc.ABC):
         """Per-optimizer-step hook (spec §1.4); returns a log record on allocation events."""
         return None
 
+    def allocator_timing(self, model: nn.Module) -> str:
+        """Where the loop calls ``step``: "after_step" (after ``optimizer.step()``, the default) or
+        "before_step" (after clipping, before ``optimizer.step()``; spec §1.4)."""
+        return "after_step"
+
     @abc.abstractmethod
     def budget(self, model: nn.Module) -> dict: ...
 

@@ -39,6 +39,18 @@ from src.methods.base import AdapterMethod, find_targets
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 NEW_PARAMS_LR = ("follow", "restart_warmup", "static")
+# where the HF loop runs the allocator (spec §1.4): on_optimizer_step, or on_pre_optimizer_step,
+# where both references allocate (weights read before update t)
+ALLOCATOR_TIMINGS = ("after_step", "before_step")
+
+
+def random_scores(seed: int | None, event: int, n: int) -> list[float]:
+    """``score: random`` (spec §5.5): i.i.d. uniform scores from the run seed and the event number,
+    so a resumed run draws what the uninterrupted one would have."""
+    if seed is None:
+        raise ValueError("score=random needs the run seed (method.seed); the training loop fills it")
+    generator = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(event))
+    return torch.rand(n, generator=generator, dtype=torch.float64).tolist()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -621,6 +633,9 @@ class GrowingAdapterMethod(AdapterMethod):
 
     def restore_extra(self, model: nn.Module, meta: dict, directory: str) -> None:
         """Rebuild method-specific shapes from the saved config before the strict load (none here)."""
+
+    def allocator_timing(self, model: nn.Module) -> str:
+        return get_info(model).config.allocator_timing
 
     def extra_logs(self, model: nn.Module) -> dict[str, float]:
         reg = get_info(model).last_regularizer  # spec §5.7: logged apart from the task loss

@@ -10,15 +10,24 @@ Faithful to the released code (FeiyuZhang98/IncreLoRA, ``loralib/loralib/increlo
   each module trains a spare block (E frozen at 1e-5) ahead of time and growth activates it;
 - new tensors go into a new optimizer group on a restarted warmup (``new_params_lr``).
 
-Departures, all deliberate: the hook runs after ``optimizer.step`` (spec D12), so ΔW in the score
-already includes update t; the reference overwrites the captured gradient per micro-batch, we sum
-it (gradient accumulation gives the same G as one large batch); the reference's scaling is
-α / (r + 1e-5), ours α / r; the reference's orthogonal penalty is per 1-row block, ours is over the
-concatenated factors (spec §4). The reference puts an activated spare's E into the activation
-event's group; the spec keeps it in the group where its spare was born, as here. The reference
-creates fresh spares even at the event that spends the budget and zeroes them at once; we create
-none there. A clipped last growth (g < k) activates part of a spare: those rows become new tensors
-that take over the spare's optimizer slot and Adam moments (the reference has 1-row blocks).
+Released behaviour is the default; each difference is an option (spec §4):
+
+- ``activated_group: new`` (released): an activated spare's E joins the event's new optimizer group,
+  so under restart warmup its LR restarts from 0; ``birth`` keeps it in its spare's group.
+- ``spares_after_growth: keep`` (released): fresh spares are made at the last event too, and after
+  growth every spare's a and b stay trainable and inside the regulariser with E = 0; ``freeze``
+  makes none at the last event and freezes them.
+- ``allocator_timing``: ``after_step`` (default, spec D12) runs the hook after ``optimizer.step``, so
+  ΔW in the score already includes update t; ``before_step`` runs it where the released code does.
+- ``clip_to_budget: false`` (released): min(top_h, R* − R) modules grow by k each and R may pass R*.
+- ``score: random``: the allocation control of spec §5.5.
+
+Other departures, all deliberate: the reference overwrites the captured gradient per micro-batch, we
+sum it (gradient accumulation gives the same G as one large batch); the reference's scaling is
+α / (r + 1e-5), ours α / r. The orthogonal penalty is over each module's concatenated factors, as
+the released GLUE trainer computes it. A clipped last growth (g < k) activates part of a spare: those
+rows become new tensors that take over the spare's optimizer slot and Adam moments (the reference
+has 1-row blocks).
 """
 
 from __future__ import annotations
@@ -37,6 +46,9 @@ from src.methods.base import register
 DEFAULT_INCRE_RANK = {2: 1, 4: 2, 6: 3, 8: 4}  # the released code's k = r̄ / 2 table
 SCORE_NORMS = ("sqrt_numel", "numel")
 NEW_PARAMS_LR = ("restart_warmup", "follow", "static")
+ACTIVATED_GROUPS = ("new", "birth")
+SPARES_AFTER_GROWTH = ("keep", "freeze")
+SCORES = ("sensitivity", "random")
 
 
 @dataclass
@@ -64,6 +76,11 @@ class IncreLoRAConfig:
     orth_include_spare: bool = True
     clip_to_budget: bool = True
     init_std: float = 0.02
+    activated_group: str = "new"  # released: an activated E restarts in the event's new group
+    spares_after_growth: str = "keep"  # released: spare a, b train on (E = 0) after growth
+    score: str = "sensitivity"  # random: the allocation control (spec §5.5)
+    allocator_timing: str = "after_step"  # spec §1.4; before_step: where the released code allocates
+    seed: int | None = None  # the run seed, filled by the loop: score=random draws from it
     target_modules: list[str] = field(default_factory=list)
     modules_to_save: list[str] = field(default_factory=list)
 
@@ -103,6 +120,14 @@ class IncreLoRAConfig:
             raise ValueError(
                 f"method.new_params_lr must be one of {NEW_PARAMS_LR}, got {self.new_params_lr!r}"
             )
+        for name, choices in (
+            ("activated_group", ACTIVATED_GROUPS),
+            ("spares_after_growth", SPARES_AFTER_GROWTH),
+            ("score", SCORES),
+            ("allocator_timing", growing.ALLOCATOR_TIMINGS),
+        ):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"method.{name} must be one of {choices}, got {getattr(self, name)!r}")
         if self.warmup_steps is not None and self.warmup_steps < 0:
             raise ValueError(f"method.warmup_steps must be >= 0, got {self.warmup_steps}")
         for name in ("beta1", "beta2"):
@@ -139,6 +164,7 @@ class IncreLoRALinear(growing.AdapterLinear):
         self.lora_alpha = float(config.lora_alpha)
         self.init_std = float(config.init_std)
         self.spare_lambda = float(config.spare_lambda)
+        self.keep_spares = config.spares_after_growth == "keep"
         self.lora_dropout = nn.Dropout(config.lora_dropout) if config.lora_dropout > 0 else nn.Identity()
         self.lora_A = nn.ParameterList()
         self.lora_E = nn.ParameterList()
@@ -299,17 +325,19 @@ class IncreLoRALinear(growing.AdapterLinear):
 
     @torch.no_grad()
     def end_growth(self) -> None:
-        """Budget spent: stop capturing, free G and the EMA state, zero and freeze the spare."""
+        """Budget spent: stop capturing, free G and the EMA state, zero the spare's E; its a and b
+        train on inside the regulariser (``keep``) or are frozen (``freeze``)."""
         self.growing = False
         self.grad_sum = None
         self.exp_avg_ipt = self.exp_avg_unc = 0.0
         if self.spare_E is not None:
             self.spare_E.zero_()
         for p in self.spare_parameters():
-            p.requires_grad_(False)
+            p.requires_grad_(self.keep_spares and p is not self.spare_E)
 
     def orth_terms(self, include_spare: bool) -> torch.Tensor:
-        a, _, b = self.factors(include_spare and self.spare_live)
+        spare_in = self.spare_A is not None and (self.growing or self.keep_spares)
+        a, _, b = self.factors(include_spare and spare_in)
         return growing.orth_penalty(a, b)
 
 
@@ -332,6 +360,14 @@ def _move_optimizer_rows(optimizer, pairs: list[tuple[nn.Parameter, nn.Parameter
                 key: value[index].clone() if torch.is_tensor(value) and value.shape == old.shape else value
                 for key, value in state.items()
             }
+
+
+def _remove_from_groups(optimizer, params: list[nn.Parameter]) -> None:
+    """Take ``params`` out of their optimizer groups (they have no state: a spare's E is frozen)."""
+    optimizer = getattr(optimizer, "optimizer", optimizer)
+    ids = {id(p) for p in params}
+    for group in optimizer.param_groups:
+        group["params"] = [p for p in group["params"] if id(p) not in ids]
 
 
 def schedule_capacity(config: IncreLoRAConfig, n_modules: int) -> int:
@@ -418,7 +454,12 @@ class IncreLoRA(growing.GrowingAdapterMethod):
             layer.update_importance(config.beta1, config.beta2, config.score_norm)
         if global_step <= config.init_warmup or global_step % config.incre_interval != 0:
             return None
-        return self.allocate(model, optimizer, lr_scheduler, global_step, self.importance(model))
+        if config.score == "random":  # the control of spec §5.5: same schedule, modules at random
+            draws = growing.random_scores(config.seed, global_step, len(layers))
+            scores = dict(zip(layers, draws, strict=True))
+        else:
+            scores = self.importance(model)
+        return self.allocate(model, optimizer, lr_scheduler, global_step, scores)
 
     @torch.no_grad()
     def allocate(self, model, optimizer, lr_scheduler, global_step: int, scores: dict[str, float]) -> dict:
@@ -430,19 +471,24 @@ class IncreLoRA(growing.GrowingAdapterMethod):
         ranked = sorted(order, key=lambda name: (-scores[name], order.index(name)))
         total = sum(layer.rank for layer in layers.values())
         plan = []
-        for name in ranked[: config.top_h]:
-            if total >= target_total:
-                break
-            g = min(config.k, target_total - total) if config.clip_to_budget else config.k
-            plan.append((name, g))
-            total += g
+        if config.clip_to_budget:
+            for name in ranked[: config.top_h]:
+                if total >= target_total:
+                    break
+                g = min(config.k, target_total - total)
+                plan.append((name, g))
+                total += g
+        else:  # released code: min(top_h, R* - R) modules, k each, so R may pass R*
+            plan = [(name, config.k) for name in ranked[: min(config.top_h, target_total - total)]]
+            total += config.k * len(plan)
         done = total >= target_total
-        new_params, split = [], []
+        new_params, split, activated = [], [], []
         for name, g in plan:
             layer = layers[name]
             if config.advance_learning:
                 split += layer.activate_spare(g)
-                if not done:  # a spare born now would be frozen at once: skip it at the last event
+                activated.append(layer.lora_E[-1])
+                if not done or config.spares_after_growth == "keep":
                     new_params += layer.set_spare(config.k)
             else:
                 triplets = layer.new_triplets(g, e_value=0.0, e_trainable=True)
@@ -450,6 +496,10 @@ class IncreLoRA(growing.GrowingAdapterMethod):
                 new_params += triplets
         if optimizer is not None:
             _move_optimizer_rows(optimizer, split)
+            if config.activated_group == "new" and activated:
+                # the activated E leave their spares' groups and start in this event's group
+                _remove_from_groups(optimizer, activated)
+                new_params = activated + new_params
             if new_params:
                 self._check_warmup(config, lr_scheduler)
                 growing.add_param_group(

@@ -28,7 +28,7 @@ STORE_NAME = "triadapt_blocks"  # the model's TriAdaptBlocks submodule
 SCHEDULES = ("linear", "exponential", "fixed")
 INITS = ("identity", "gaussian")
 SCALINGS = ("rank", "constant")
-SCORES = ("increment", "level")
+SCORES = ("increment", "level", "random")
 NORM_DIVISORS = ("rank", "blocks")
 SELECTIONS = ("top_k", "threshold")
 ORTH_REDUCTIONS = ("per_factor", "per_module")
@@ -61,6 +61,8 @@ class TriAdaptConfig:
     orth_reg_weight: float = 0.1  # γ (D7: reference 0.5)
     orth_reduction: str = "per_factor"
     new_params_lr: str = "follow"  # D8
+    allocator_timing: str = "after_step"  # D12: before_step is where the reference allocates (§1.4)
+    seed: int | None = None  # the run seed, filled by the loop: score=random draws from it
 
     def __post_init__(self):
         self.target_modules = [str(t) for t in self.target_modules]
@@ -74,6 +76,7 @@ class TriAdaptConfig:
             ("selection", SELECTIONS),
             ("orth_reduction", ORTH_REDUCTIONS),
             ("new_params_lr", growing.NEW_PARAMS_LR),
+            ("allocator_timing", growing.ALLOCATOR_TIMINGS),
         ):
             if getattr(self, field) not in choices:
                 raise ValueError(f"triadapt: {field}={getattr(self, field)!r}; choose one of {list(choices)}")
@@ -648,7 +651,11 @@ def select_modules(scores: list[float], k: int, selection: str = "top_k") -> lis
 
 
 def growth_sizes(n_selected: int, total_rank: int, target_total_rank: int, k: int, clip: bool) -> list[int]:
-    """Ranks given to each selected module in order, stopping once R reaches R*."""
+    """Ranks given to each selected module in order: clipped, the last growth stops R at R*;
+    unclipped (``clip_to_budget: false``, the reference), every selected module grows by k and R
+    may pass R* (spec §5.6)."""
+    if not clip:
+        return [k] * n_selected
     sizes = []
     for _ in range(n_selected):
         if total_rank >= target_total_rank:
@@ -781,6 +788,8 @@ class TriAdaptLoRA(growing.GrowingAdapterMethod):
         for name, current in zip(layers, norms, strict=True):
             scores.append(current - prev[name] if config.score == "increment" else current)
             prev[name] = current
+        if config.score == "random":  # the control of spec §5.5: same schedule, modules at random
+            return growing.random_scores(config.seed, info.state["events"], len(scores))
         return scores
 
     def step(self, model, optimizer, lr_scheduler, global_step: int) -> dict | None:

@@ -131,11 +131,22 @@ class MethodCallback(TrainerCallback):
             self.tracker.snapshot(folder / checkpoints.RECORD_FILE, state.global_step)
             checkpoints.mark_complete(folder)
 
+    # HF's order in one optimizer step (spec §1.4): clip -> on_pre_optimizer_step -> optimizer.step()
+    # -> on_optimizer_step -> lr_scheduler.step() -> zero_grad() -> global_step += 1. In both
+    # callbacks gradients are still there and this is step t = global_step + 1; the method says which.
+    def on_pre_optimizer_step(
+        self, args, state, control, model=None, optimizer=None, lr_scheduler=None, **kwargs
+    ):
+        if self.method.allocator_timing(model) == "before_step":
+            self._method_step(args, state, model, optimizer, lr_scheduler)
+
     def on_optimizer_step(
         self, args, state, control, model=None, optimizer=None, lr_scheduler=None, **kwargs
     ):
-        # Runs after optimizer.step() and before lr_scheduler.step()/zero_grad(): gradients are still
-        # there, and global_step has not been incremented yet, so this is step t = global_step + 1.
+        if self.method.allocator_timing(model) == "after_step":
+            self._method_step(args, state, model, optimizer, lr_scheduler)
+
+    def _method_step(self, args, state, model, optimizer, lr_scheduler) -> None:
         step = state.global_step + 1
         distributed.before_method_step(model, args.world_size)  # multi-process: scores read the same values
         event = self.method.step(model, optimizer, lr_scheduler, global_step=step)
