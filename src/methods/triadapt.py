@@ -306,7 +306,7 @@ class TriAdaptBlocks(growing.SharedAdapterStorage):
         device, dtype = events[0].device, events[0].dtype
         index = np.concatenate([t.reshape(-1) for t in (*a_idx, *b_idx, *tl_idx, *tu_idx)])
         self._plan = _Plan(
-            index=torch.from_numpy(index).to(device),
+            index=torch.from_numpy(index.astype(np.int32 if zero < 2**31 else np.int64)).to(device),
             sizes=[t.size for t in (*a_idx, *b_idx)] + [2 * sum(t.size for t in tl_idx)],
             a_shapes=[t.shape for t in a_idx],
             b_shapes=[t.shape for t in b_idx],
