@@ -14,6 +14,7 @@ from src.runtime.backbones import load_tokenizer
 from src.tasks import prepare_task
 from src.tasks import question_answering as qa
 from src.tasks import squad_scorer as squad
+from src.tasks.sources import DataError
 from src.train import train
 
 # q1 right, q2 half right, q3 correctly unanswered, q4 answered though unanswerable.
@@ -176,6 +177,21 @@ def test_squad_family_feeds_the_trainer_model_inputs_and_scores_gold_logits(
     scores = prepared.compute_metrics(EvalPrediction(predictions=logits, label_ids=None))
     assert scores["total"] == 32 and scores["exact"] == scores["f1"] == 1.0
     assert "best_f1" not in scores  # v1.1: no null answer, so no threshold to tune
+
+
+def test_v1_scoring_of_data_with_unanswerable_questions_is_refused_before_training(
+    cfg_factory, shared_data, tiny_backbone
+):
+    cfg = cfg_factory(
+        "task=squad",
+        f"task.data_dir={shared_data}/squad_v2",
+        "task.split_from={source: validation, group_by: title, eval_fraction: 0.5, seed: 0}",
+        "task.max_eval_samples=64",
+    )
+    with pytest.raises(
+        DataError, match=r"eval question\(s\) of task 'squad' have no gold answer.*version_2=true"
+    ):
+        prepare_task(cfg.task, load_tokenizer(tiny_backbone), seed=0)
 
 
 # triadapt: a method of this project, so the trainer must find the QA labels without PEFT's help.
