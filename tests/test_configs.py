@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 from src.hub import HubUnavailableError
 from src.methods import get_method
 from src.runtime.backbones import load_model, load_tokenizer
+from src.runtime.config_schema import check_config
 from src.tasks import prepare_task
 from src.tasks.sources import DataError
 from src.train import train
@@ -20,7 +21,7 @@ def options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
 
 
-GROUPS = ["backbone", "task", "method", "trainer", "logger", "paths"]
+GROUPS = ["backbone", "task", "method", "trainer", "logger", "paths", "budget"]
 OFFLINE_BACKBONES = ["tiny-deberta", "minilm-l6"]
 LOCAL_GLUE = ["cola", "sst2", "mrpc", "stsb", "rte"]  # train + validation in ../shared/data/glue
 
@@ -31,6 +32,29 @@ def test_every_option_composes_and_resolves(cfg_factory, group, option):
     resolved = OmegaConf.to_container(cfg, resolve=True)
     assert resolved[group] is not None
     assert resolved["method"]["target_modules"] == resolved["backbone"]["target_modules"]
+
+
+SCHEMA_CASES = (
+    [[f"{g}={o}"] for g in GROUPS for o in options(g)]
+    + [[f"experiment={e}"] for e in options("experiment")]
+    + [[f"backbone={b}", f"task={t}"] for b in options("backbone") for t in ("rte", "squad", "xsum")]  # a task per family
+    + [["+sweep=glue", f"task={t}", f"method={m}"] for t in ("rte", "mnli") for m in ("adalora", "increlora")]
+    + [["+sweep=glue_cpu", "budget=r2"]]
+    + [["+sweep=cpu_repro", f"task={t}", "method=adalora"] for t in ("rte", "mrpc", "stsb", "cola", "sst2")]
+)  # fmt: skip
+NO_QA_HEAD = {"llama", "smollm2-135m", "tiny-llama"}  # decoder backbones: no heads.qa (README)
+
+
+@pytest.mark.parametrize("overrides", SCHEMA_CASES, ids=[" ".join(c) for c in SCHEMA_CASES])
+def test_every_shipped_config_passes_the_schema_unchanged(cfg_factory, overrides):
+    cfg = cfg_factory(*overrides)
+    backbone, task = cfg.backbone.name, cfg.task.name
+    if backbone in NO_QA_HEAD and cfg.task.family == "question_answering":
+        with pytest.raises(ValueError, match=rf"backbone={backbone} has no 'qa' head for task={task}"):
+            check_config(cfg)
+        return
+    # the check reads the config and changes nothing in it (so no run identity changes)
+    assert check_config(cfg) == OmegaConf.to_container(cfg, resolve=True)
 
 
 @pytest.mark.parametrize("experiment", options("experiment"))

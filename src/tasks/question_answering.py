@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import collections
 import math
+from dataclasses import dataclass
 
 import numpy as np
 from datasets import Dataset
 from omegaconf import DictConfig
 from transformers import default_data_collator
 
+from src.schema import setting
 from src.tasks import squad_scorer
-from src.tasks.family import PreparedTask, register_family
+from src.tasks.family import PreparedTask, TaskConfig, register_family
 from src.tasks.sources import DataError, load_task_data, subsample
 
 SIDE_COLUMNS = ["example_id", "offset_mapping", "cls_index"]  # for post-processing, not for the model
@@ -121,7 +123,30 @@ def postprocess(
     return preds, diffs
 
 
-@register_family("question_answering")
+@dataclass(kw_only=True)
+class QuestionAnsweringConfig(TaskConfig):
+    columns: list[str]
+    version_2: bool  # unanswerable questions: a null answer and best-threshold scores
+    num_labels: int = setting(ge=1)  # unused by the QA head; kept so every classifier-style task has it
+    metrics: list[str] = setting(choices=["exact", "f1", "best_exact", "best_f1"])
+    max_length: int = setting(ge=1)
+    doc_stride: int = setting(ge=0)
+    n_best: int = setting(ge=1)
+    max_answer_length: int = setting(ge=1)
+    null_score_diff_threshold: float
+
+    @classmethod
+    def relations(cls, task: dict, path: str) -> list[str]:
+        found = super().relations(task, path)
+        if task["doc_stride"] >= task["max_length"]:
+            found.append(
+                f"{path}.doc_stride={task['doc_stride']} must be below {path}.max_length={task['max_length']} "
+                "(windows overlap by doc_stride tokens); lower doc_stride"
+            )
+        return found
+
+
+@register_family("question_answering", QuestionAnsweringConfig)
 def question_answering(
     task: DictConfig, tokenizer, seed: int, backbone: DictConfig | None = None
 ) -> PreparedTask:
