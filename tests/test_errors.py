@@ -91,7 +91,7 @@ BAD_VALUES = {
     "samples": (["task.max_train_samples=0"], r"^task\.max_train_samples=0 is out of range; set it to an integer >= 1$"),
     "seed": (["seed=-1"], r"^seed=-1 is out of range; set it to an integer >= 0 and < 4294967296$"),
     # choices and relations
-    "choice": (["trainer.train_sampling_strategy=sorted"], r"^trainer\.train_sampling_strategy='sorted' is not supported; use one of \['random', 'group_by_length'\]$"),
+    "choice": (["trainer.train_sampling_strategy=sorted"], r"^trainer\.train_sampling_strategy='sorted' is not supported; use one of \['random', 'sequential', 'group_by_length'"),
     "choice-metric": (["task.metrics=[acc]"], r"^task\.metrics\[0\]='acc' is not supported; use one of \['accuracy', 'f1'"),
     "precision": (["trainer.bf16=true", "trainer.fp16=true"], r"^trainer\.bf16 and trainer\.fp16 are both true; set one of them to false$"),
     "head": (["backbone=tiny-llama", "task=squad"], r"^backbone=tiny-llama has no 'qa' head for task=squad \(its heads: \['causal_lm', 'seq_cls'\]\); pick another backbone"),

@@ -15,6 +15,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+from transformers import TrainingArguments
 
 from src.runtime.backbones import HEAD_CLASSES
 from src.runtime.trainer import OPTIMIZERS
@@ -22,6 +23,8 @@ from src.schema import ConfigError, problems, raise_problems, setting, value_pro
 from src.tasks import task_problems
 
 ARCHITECTURES = ["encoder", "encoder_decoder", "decoder"]
+# the samplers this transformers version offers (random, sequential, group_by_length, ...)
+SAMPLING_STRATEGIES = TrainingArguments.__dataclass_fields__["train_sampling_strategy"].metadata["choices"]
 
 
 @dataclass(kw_only=True)
@@ -43,7 +46,7 @@ class TrainerConfig:
     bf16: bool
     fp16: bool
     dataloader_num_workers: int = setting(ge=0)
-    train_sampling_strategy: str = setting(choices=["random", "group_by_length"])
+    train_sampling_strategy: str = setting(choices=SAMPLING_STRATEGIES)
     checkpoint: bool
     save_steps: int | None = setting(ge=1)
     resume: bool
