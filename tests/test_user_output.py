@@ -135,8 +135,9 @@ def test_a_run_in_a_terminal_shows_bars_and_ends_with_the_summary(shared_data, t
     env.pop("CI", None)
     args = [
         "backbone=tiny-deberta", "task=rte", f"task.data_dir={shared_data}/glue/rte", "method=lora",
-        "logger=none", "save_adapter=false", "trainer.max_steps=4", "trainer.eval_steps=2",
-        "task.max_train_samples=32", "task.max_eval_samples=16", f"paths.root_dir={tmp_path}",
+        "logger=none", "save_adapter=false", "trainer.max_steps=2", "trainer.eval_steps=2",
+        "trainer.checkpoint=false", "task.max_train_samples=16", "task.max_eval_samples=16",
+        f"paths.root_dir={tmp_path}",
     ]  # fmt: skip
     proc = subprocess.Popen(
         [sys.executable, "-m", "src.train", *args], cwd=ROOT, env=env, stdout=follower, stderr=follower
@@ -154,7 +155,7 @@ def test_a_run_in_a_terminal_shows_bars_and_ends_with_the_summary(shared_data, t
     assert proc.wait(timeout=600) == 0
     os.close(leader)
     out = b"".join(chunks).decode(errors="replace").replace("\r\n", "\n")
-    assert "4/4 [" in out and "it/s]" in out  # the training bar, drawn with \r
+    assert "2/2 [" in out and "it/s]" in out  # the training bar, drawn with \r
     assert "1/1 [" in out  # an evaluation bar (16 examples, one batch)
     tail = out.rstrip().split("\n")[-7:]
     [record] = list((tmp_path / "results" / "runs").glob("*.json"))
