@@ -90,6 +90,8 @@ BAD_VALUES = {
     "rank": (["budget.avg_rank=0"], r"^budget\.avg_rank=0 is out of range; set it to an integer >= 1$"),
     "samples": (["task.max_train_samples=0"], r"^task\.max_train_samples=0 is out of range; set it to an integer >= 1$"),
     "seed": (["seed=-1"], r"^seed=-1 is out of range; set it to an integer >= 0 and < 4294967296$"),
+    "nested": (["task=squad", "task.split_from={source: validation, eval_fraction: 1.5, seed: 0}"], r"^task\.split_from\.eval_fraction=1\.5 is out of range; set it to a number > 0 and < 1$"),
+    "generation": (["backbone=tiny-t5", "task=xsum", "task.generation.num_beams=0"], r"^task\.generation\.num_beams=0 is out of range; set it to an integer >= 1$"),
     # choices and relations
     "choice": (["trainer.train_sampling_strategy=sorted"], r"^trainer\.train_sampling_strategy='sorted' is not supported; use one of \['random', 'sequential', 'group_by_length'"),
     "choice-metric": (["task.metrics=[acc]"], r"^task\.metrics\[0\]='acc' is not supported; use one of \['accuracy', 'f1'"),
