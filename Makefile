@@ -13,7 +13,7 @@ RUNS ?= results/runs
 TABLES_DIR ?= results/tables
 FIGURES_DIR ?= results/figures
 
-.PHONY: help setup demo test test-slow test-fast lint format clean bench-overhead gpu-check glue-sweep glue-sweep-cpu cpu-repro tables figures notebooks
+.PHONY: help setup demo test test-slow test-fast lint format clean bench-overhead gpu-check glue-sweep glue-sweep-cpu cpu-repro results check-results tables figures notebooks
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -61,13 +61,19 @@ cpu-repro: ## the CPU mini-reproduction (issue #7): runs what is missing (CHUNKS
 	$(OFFLINE) WANDB_MODE=$${WANDB_MODE:-offline} $(PY) scripts/cpu_repro.py --data-dir $(DATA_DIR) \
 		--jobs $(or $(JOBS),1) $(foreach c,$(CHUNKS),--chunk $(c)) $(SWEEP_ARGS)
 
+results: ## every table, figure and write-up from RUNS: results/tables, results/figures, results/cpu-repro (stale ones removed)
+	$(PY) -m src.reporting.derived --runs $(RUNS) --results results
+
+check-results: ## fail if the committed tables, write-ups or figure names differ from what `make results` makes of the committed records
+	$(PY) -m src.reporting.derived --runs $(RUNS) --results results --check
+
 tables: ## Markdown + LaTeX tables from RUNS (results/runs) into TABLES_DIR (results/tables); ANCHORS=1 adds published rows
 	$(PY) -m src.reporting.tables --runs $(RUNS) --out $(TABLES_DIR) $(if $(ANCHORS),--anchors)
 
-figures: ## PNG + PDF figures from RUNS (results/runs) into FIGURES_DIR (results/figures)
+figures: ## PNG + PDF figures from RUNS (results/runs) into FIGURES_DIR (results/figures); cpu-repro's go with its write-up
 	$(PY) -m src.reporting.figures --runs $(RUNS) --out $(FIGURES_DIR)
 
-notebooks: ## execute notebooks/*.ipynb on RUNS; executed copies go to results/notebooks/
+notebooks: ## execute notebooks/*.ipynb on RUNS; executed copies go to results/notebooks/ (not committed)
 	$(PY) scripts/run_notebooks.py --runs $(RUNS) --out results/notebooks
 
 lint: ## ruff check and format check

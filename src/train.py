@@ -25,9 +25,10 @@ from src.records import default_run_id, find_ok_record, load_record
 from src.runtime import distributed
 from src.runtime.backbones import load_model, load_tokenizer
 from src.runtime.checkpoints import checkpoint_step, prepare_run_dir
+from src.runtime.config_schema import check_config
 from src.runtime.sweep_callbacks import write_job_status
 from src.runtime.tracking import RunTracker
-from src.runtime.trainer import AdapterTrainer, MethodCallback, training_arguments
+from src.runtime.trainer import AdapterTrainer, MethodCallback, show_progress, training_arguments
 from src.tasks import optimizer_steps, prepare_task
 from src.tasks.sources import DataError
 
@@ -38,9 +39,9 @@ USER_ERRORS = (ValueError, DataError, HubUnavailableError, FileNotFoundError, Fl
 
 def train(cfg: DictConfig) -> dict:
     """Run one configuration end to end and return its run record (also written to disk)."""
+    config = check_config(cfg)  # a bad value is one line here, before anything is loaded or written
     ensure_offline_mode_if_unreachable()
     datasets.disable_progress_bars()
-    config = OmegaConf.to_container(cfg, resolve=True)
     run_id = cfg.run_id or default_run_id(config)
     record_path = Path(cfg.paths.runs_dir) / f"{run_id}.json"
     done = find_ok_record(cfg.paths.runs_dir, run_id, config) if cfg.skip_existing else None
@@ -72,7 +73,7 @@ def train(cfg: DictConfig) -> dict:
         total = optimizer_steps(
             len(task.train), batch, tr.gradient_accumulation_steps, tr.num_train_epochs, tr.max_steps
         )
-        args = training_arguments(tr, str(checkpoint_dir), total, per_epoch, cfg.seed)
+        args = training_arguments(tr, str(checkpoint_dir), total, per_epoch, cfg.seed, show_progress())
         method_cfg = method.make_config(
             OmegaConf.to_container(cfg.method, resolve=True),
             total_step=total,
@@ -115,10 +116,11 @@ def train(cfg: DictConfig) -> dict:
             train_examples_per_s=result.metrics.get("train_samples_per_second"),
             output_dir=output_dir,
         )
-        log.info("run %s ok: best %s, final %s", run_id, record["best"], record["final"])
+        log.info(tracker.summary())
         return record
     except Exception as err:
         tracker.finish("failed", error=f"{type(err).__name__}: {err}")
+        log.info(tracker.summary())
         raise
 
 

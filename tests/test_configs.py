@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 from src.hub import HubUnavailableError
 from src.methods import get_method
 from src.runtime.backbones import load_model, load_tokenizer
+from src.runtime.config_schema import check_config
 from src.tasks import prepare_task
 from src.tasks.sources import DataError
 from src.train import train
@@ -20,22 +21,48 @@ def options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
 
 
-GROUPS = ["backbone", "task", "method", "trainer", "logger", "paths"]
+GROUPS = ["backbone", "task", "method", "trainer", "logger", "paths", "budget"]
 OFFLINE_BACKBONES = ["tiny-deberta", "minilm-l6"]
 LOCAL_GLUE = ["cola", "sst2", "mrpc", "stsb", "rte"]  # train + validation in ../shared/data/glue
 
 
-@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
-def test_every_option_composes_and_resolves(cfg_factory, group, option):
-    cfg = cfg_factory(f"{group}={option}")
+def resolved_and_checked(cfg) -> dict:
+    """The resolved config, after the schema check, which must leave it as it is (run identities)."""
     resolved = OmegaConf.to_container(cfg, resolve=True)
+    assert check_config(cfg) == resolved
+    return resolved
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
+def test_every_option_composes_resolves_and_passes_the_schema(cfg_factory, group, option):
+    resolved = resolved_and_checked(cfg_factory(f"{group}={option}"))
     assert resolved[group] is not None
     assert resolved["method"]["target_modules"] == resolved["backbone"]["target_modules"]
 
 
 @pytest.mark.parametrize("experiment", options("experiment"))
-def test_every_experiment_composes(cfg_factory, experiment):
-    OmegaConf.to_container(cfg_factory(f"experiment={experiment}"), resolve=True)
+def test_every_experiment_composes_and_passes_the_schema(cfg_factory, experiment):
+    resolved_and_checked(cfg_factory(f"experiment={experiment}"))
+
+
+SCHEMA_CASES = (
+    [[f"backbone={b}", f"task={t}"] for b in options("backbone") for t in ("squad", "xsum")]  # the non-GLUE families
+    + [["+sweep=glue", f"task={t}", f"method={m}"] for t in ("rte", "mnli") for m in ("adalora", "increlora")]
+    + [["+sweep=glue_cpu", "budget=r2"]]
+    + [["+sweep=cpu_repro", f"task={t}", "method=adalora"] for t in ("rte", "mrpc", "stsb", "cola", "sst2")]
+)  # fmt: skip
+NO_QA_HEAD = {"llama", "smollm2-135m", "tiny-llama"}  # decoder backbones: no heads.qa (README)
+
+
+@pytest.mark.parametrize("overrides", SCHEMA_CASES, ids=[" ".join(c) for c in SCHEMA_CASES])
+def test_every_family_backbone_pair_and_sweep_passes_the_schema(cfg_factory, overrides):
+    cfg = cfg_factory(*overrides)
+    backbone, task = cfg.backbone.name, cfg.task.name
+    if backbone in NO_QA_HEAD and cfg.task.family == "question_answering":
+        with pytest.raises(ValueError, match=rf"backbone={backbone} has no 'qa' head for task={task}"):
+            check_config(cfg)
+        return
+    resolved_and_checked(cfg)
 
 
 @pytest.mark.parametrize("method", options("method"))

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
+import src.train
 from src.hub import HubUnavailableError
 from src.runtime.sweep_callbacks import format_summary, summarise_sweep
+from src.schema import ConfigError
 from src.tasks.sources import DataError
 from src.train import train
 from tests.test_end_to_end import cli, records
@@ -41,6 +43,114 @@ def failed_record(tmp_path: Path) -> dict:
     [record] = records(tmp_path)
     assert record["status"] == "failed"
     return record
+
+
+@pytest.fixture
+def nothing_loads(monkeypatch):
+    """Fail the test if the run gets as far as loading a tokenizer, data or a model."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the bad value was not caught before loading")
+
+    for name in ("load_tokenizer", "prepare_task", "load_model", "ensure_offline_mode_if_unreachable"):
+        monkeypatch.setattr(src.train, name, refuse)
+
+
+# One case per class of field: (overrides, the line's regex). Each fails before anything loads.
+BAD_VALUES = {
+    # wrong type, in each group
+    "type-trainer": (["trainer.learning_rate=abc"], r"^trainer\.learning_rate='abc' is a string; set it to a number$"),
+    "type-task": (["task.max_length=long"], r"^task\.max_length='long' is a string; set it to an integer$"),
+    "type-bool": (["trainer.fp16=maybe"], r"^trainer\.fp16='maybe' is a string; set it to true or false$"),
+    "type-backbone": (["backbone.target_modules=query_proj"], r"^backbone\.target_modules='query_proj' is a string; set it to a list of strings$"),
+    "type-logger": (["logger=wandb", "logger.tags=oops"], r"^logger\.tags='oops' is a string; set it to a list of strings or null$"),
+    "type-paths": (["paths.runs_dir=[a,b]"], r"^paths\.runs_dir=\['a', 'b'\] is a list; set it to a string$"),
+    "type-budget": (["budget.avg_rank=8.5"], r"^budget\.avg_rank=8\.5 is a float; set it to an integer$"),
+    "type-top": (["seed=forty"], r"^seed='forty' is a string; set it to an integer$"),
+    # unknown keys
+    "unknown-near": (["+trainer.learning_rte=1e-3"], r"^trainer\.learning_rte is not a known key; rename it to trainer\.learning_rate or remove it$"),
+    "unknown-task": (["+task.max_lenght=64"], r"^task\.max_lenght is not a known key; rename it to task\.max_length or remove it$"),
+    "unknown-top": (["+lr=0.1"], r"^lr is not a known key; remove it \(known keys of the config: seed, run_id, .*\)$"),
+    "missing": (["~task.label_field"], r"^task\.label_field is missing; add it to the YAML or pass \+task\.label_field=<value>$"),
+    # out of range
+    "batch": (["trainer.per_device_train_batch_size=0"], r"^trainer\.per_device_train_batch_size=0 is out of range; set it to an integer >= 1$"),
+    "eval-batch": (["trainer.per_device_eval_batch_size=-8"], r"^trainer\.per_device_eval_batch_size=-8 is out of range; set it to an integer >= 1$"),
+    "accumulation": (["trainer.gradient_accumulation_steps=0"], r"gradient_accumulation_steps=0 is out of range; set it to an integer >= 1$"),
+    "length": (["task.max_length=0"], r"^task\.max_length=0 is out of range; set it to an integer >= 1$"),
+    "epochs": (["trainer.num_train_epochs=0"], r"^trainer\.num_train_epochs=0 is out of range; set it to a number > 0$"),
+    "steps": (["trainer.max_steps=0"], r"^trainer\.max_steps=0 is out of range; set it to an integer >= 1, or -1 to train for trainer\.num_train_epochs$"),
+    "warmup": (["trainer.warmup=-0.1"], r"^trainer\.warmup=-0\.1 is out of range; set it to a number >= 0$"),
+    "warmup-steps": (["trainer.warmup=2.5"], r"^trainer\.warmup=2\.5 is neither a fraction \(< 1\) nor a whole number of steps"),
+    "eval-cadence": (["trainer.eval_steps=0"], r"^trainer\.eval_steps=0 is out of range; set it to an integer >= 1$"),
+    "logging-cadence": (["trainer.logging_steps=0"], r"^trainer\.logging_steps=0 is out of range; set it to an integer >= 1$"),
+    "save-cadence": (["trainer.save_steps=-5"], r"^trainer\.save_steps=-5 is out of range; set it to an integer >= 1$"),
+    "dropout": (["+backbone.config_overrides.cls_dropout=1.5"], r"^backbone\.config_overrides\.cls_dropout=1\.5 is out of range; set it to a number >= 0 and < 1$"),
+    "lr-zero": (["trainer.learning_rate=0"], r"^trainer\.learning_rate=0 is out of range; set it to a number > 0$"),
+    "lr-negative": (["trainer.learning_rate=-1e-3"], r"^trainer\.learning_rate=-0\.001 is out of range; set it to a number > 0$"),
+    "rank": (["budget.avg_rank=0"], r"^budget\.avg_rank=0 is out of range; set it to an integer >= 1$"),
+    "samples": (["task.max_train_samples=0"], r"^task\.max_train_samples=0 is out of range; set it to an integer >= 1$"),
+    "seed": (["seed=-1"], r"^seed=-1 is out of range; set it to an integer >= 0 and < 4294967296$"),
+    "nested": (["task=squad", "task.split_from={source: validation, eval_fraction: 1.5, seed: 0}"], r"^task\.split_from\.eval_fraction=1\.5 is out of range; set it to a number > 0 and < 1$"),
+    "generation": (["backbone=tiny-t5", "task=xsum", "task.generation.num_beams=0"], r"^task\.generation\.num_beams=0 is out of range; set it to an integer >= 1$"),
+    # choices and relations
+    "choice": (["trainer.train_sampling_strategy=sorted"], r"^trainer\.train_sampling_strategy='sorted' is not supported; use one of \['random', 'sequential', 'group_by_length'"),
+    "choice-metric": (["task.metrics=[acc]"], r"^task\.metrics\[0\]='acc' is not supported; use one of \['accuracy', 'f1'"),
+    "precision": (["trainer.bf16=true", "trainer.fp16=true"], r"^trainer\.bf16 and trainer\.fp16 are both true; set one of them to false$"),
+    "head": (["backbone=tiny-llama", "task=squad"], r"^backbone=tiny-llama has no 'qa' head for task=squad \(its heads: \['causal_lm', 'seq_cls'\]\); pick another backbone"),
+    "interpolation": (["trainer.learning_rate=${paper.nothing}"], r"^trainer\.learning_rate does not resolve \(Interpolation key 'paper\.nothing' not found\); set the key it refers to"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("overrides,match", BAD_VALUES.values(), ids=BAD_VALUES)
+def test_a_bad_config_value_is_one_line_before_anything_loads(
+    cfg_factory, nothing_loads, tmp_path, overrides, match
+):
+    with pytest.raises(ConfigError, match=match) as caught:
+        train(cfg_factory(*TINY, *SHORT, "task.data_dir=unused", *overrides))
+    assert "\n" not in str(caught.value)
+    assert not (tmp_path / "results").exists()  # no record: a config that does not check is not a run
+
+
+def test_several_bad_values_are_named_on_the_one_line(cfg_factory, nothing_loads):
+    cfg = cfg_factory(*TINY, *SHORT, "trainer.learning_rate=0", "trainer.logging_steps=0")
+    with pytest.raises(
+        ConfigError, match=r"^trainer\.learning_rate=0 .* \(and 1 more: trainer\.logging_steps=0 "
+    ):
+        train(cfg)
+
+
+@pytest.mark.parametrize(
+    "task,num_labels,match",
+    [
+        ("rte", 3, r"task\.num_labels=3 but the 'train' split of task 'rte' has 2 classes \[0, 1\]; set task\.num_labels=2$"),
+        ("mrpc", 1, r"task\.num_labels=1 \(regression\) but the 'train' split of task 'mrpc' has integer class labels \[0, 1\]; set task\.num_labels=2"),
+        ("stsb", 2, r"task\.num_labels=2 but the 'train' split of task 'stsb' has real-valued labels \(e\.g\. 0\.\d+\); set task\.num_labels=1 for regression$"),
+    ],
+)  # fmt: skip
+def test_num_labels_that_disagree_with_the_data_stop_before_the_model_loads(
+    cfg_factory, shared_data, monkeypatch, tmp_path, task, num_labels, match
+):
+    monkeypatch.setattr(src.train, "load_model", lambda *a, **k: pytest.fail("the model loaded"))
+    cfg = cfg_factory(
+        *TINY,
+        *SHORT,
+        f"task={task}",
+        f"task.data_dir={shared_data}/glue/{task}",
+        f"task.num_labels={num_labels}",
+    )
+    with pytest.raises(DataError, match=match):
+        train(cfg)
+    assert failed_record(tmp_path)["error"].startswith("DataError: task.num_labels=")
+
+
+def test_labels_beyond_num_labels_in_an_eval_split_are_refused(cfg_factory, shared_data, tmp_path):
+    data = small_rte(shared_data, tmp_path / "rte")
+    lines = (data / "validation.jsonl").read_text().replace('"label": 1', '"label": 2')
+    (data / "validation.jsonl").write_text(lines)
+    with pytest.raises(
+        DataError, match=r"the 'validation' split of task 'rte' has labels \[0, 2\]; set task\.num_labels=3$"
+    ):
+        train(cfg_factory(*TINY, *SHORT, f"task.data_dir={data}"))
 
 
 def test_malformed_jsonl_names_the_file_and_the_line(cfg_factory, shared_data, tmp_path):
@@ -192,6 +302,16 @@ def test_cli_malformed_jsonl_is_one_error_line(shared_data, tmp_path):
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith(f"error: {data}/validation.jsonl: line 3 is not valid JSON"), last
+
+
+@pytest.mark.slow
+def test_cli_bad_config_value_is_one_error_line_and_no_record(tmp_path):
+    proc = cli(*TINY, *SHORT, "trainer.per_device_train_batch_size=0", f"paths.root_dir={tmp_path}")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "error: trainer.per_device_train_batch_size=0 is out of range; set it to an integer >= 1"
+    ]
+    assert not (tmp_path / "results").exists()
 
 
 @pytest.mark.slow

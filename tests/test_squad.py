@@ -14,6 +14,7 @@ from src.runtime.backbones import load_tokenizer
 from src.tasks import prepare_task
 from src.tasks import question_answering as qa
 from src.tasks import squad_scorer as squad
+from src.tasks.sources import DataError
 from src.train import train
 
 # q1 right, q2 half right, q3 correctly unanswered, q4 answered though unanswerable.
@@ -78,6 +79,51 @@ def test_best_threshold_answers_the_questions_least_likely_unanswerable_first():
     assert squad.evaluate(GOLDS, PREDS, na_probs, na_prob_thresh=-1.5)["exact"] == 3 / 4
 
 
+def test_v1_keeps_a_gold_answer_that_normalises_to_nothing():
+    # A real SQuAD v1.1 dev question (5730b7ce069b5314008322c4): one annotator marked ".".
+    golds = {"q": ["interventionism", ".", "interventionism"]}
+    v1, v2 = squad.evaluate_v1(golds, {"q": ""}), squad.evaluate(golds, {"q": ""})
+    assert (v1["exact"], v1["f1"]) == (1, 0)  # "" matches "." exactly; v1.1's F1 needs a shared token
+    assert (v2["exact"], v2["f1"]) == (0, 0)  # v2.0 drops "." and scores against "interventionism"
+    assert squad.evaluate_v1(golds, {"q": "Interventionism."}) == {"exact": 1, "f1": 1.0, "total": 1}
+    # v1.1 F1 of two answers that both normalise to nothing is 0; v2.0's is 1
+    assert squad.compute_f1_v1("the", "a") == 0 and squad.compute_f1("the", "a") == 1
+
+
+def test_v1_matches_v2_when_every_gold_answer_has_words():
+    golds = {"q1": ["France"], "q2": ["the Norman conquest of England", "Norman conquest"]}
+    preds = {"q1": "in France", "q2": "conquest"}
+    v1, v2 = squad.evaluate_v1(golds, preds), squad.evaluate(golds, preds)
+    assert v1 == pytest.approx({k: v2[k] for k in ("exact", "f1", "total")})
+    assert "HasAns_total" not in v1 and v1["f1"] == pytest.approx((2 / 3 + 2 / 3) / 2)
+
+
+def test_v1_refuses_an_unanswerable_question():
+    with pytest.raises(ValueError, match=r"question 'q' has no gold answer.*task\.version_2=true"):
+        squad.evaluate_v1({"q": []}, {"q": ""})
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_a_missing_prediction_scores_zero_with_one_warning(version, caplog):
+    golds = {"q1": ["France"], "q2": ["Paris"], "q3": ["Rollo"]}
+    score = squad.evaluate_v1 if version == "v1" else squad.evaluate
+    with caplog.at_level("WARNING", logger="src.tasks.squad_scorer"):
+        scores = score(golds, {"q1": "France"})
+    assert (scores["exact"], scores["f1"], scores["total"]) == (pytest.approx(1 / 3), pytest.approx(1 / 3), 3)
+    [warning] = caplog.records
+    assert warning.getMessage() == "2 of 3 questions have no prediction and score 0 (q2, q3)"
+
+
+def test_v2_missing_predictions_count_as_zero_in_every_total():
+    preds = {k: v for k, v in PREDS.items() if k not in ("q1", "q3")}  # one answerable, one not
+    na_probs = {"q2": -2.0, "q4": -1.0}
+    scores = squad.evaluate(GOLDS, preds, na_probs, na_prob_thresh=0.0)
+    assert scores["total"] == scores["HasAns_total"] + scores["NoAns_total"] == 4
+    assert scores["HasAns_f1"] == pytest.approx((0 + 2 / 3) / 2) and scores["NoAns_exact"] == 0
+    # answering nothing would get q4 right (1); answering q2 first adds 2/3 of F1: best 5/3 over 4
+    assert scores["best_f1"] == pytest.approx((1 + 2 / 3) / 4) and scores["best_f1_thresh"] == -2.0
+
+
 @pytest.fixture(scope="module")
 def squad_v2_rows(shared_data):
     rows = load_dataset("json", data_files=str(shared_data / "squad_v2" / "validation.jsonl"), split="train")
@@ -131,6 +177,21 @@ def test_squad_family_feeds_the_trainer_model_inputs_and_scores_gold_logits(
     scores = prepared.compute_metrics(EvalPrediction(predictions=logits, label_ids=None))
     assert scores["total"] == 32 and scores["exact"] == scores["f1"] == 1.0
     assert "best_f1" not in scores  # v1.1: no null answer, so no threshold to tune
+
+
+def test_v1_scoring_of_data_with_unanswerable_questions_is_refused_before_training(
+    cfg_factory, shared_data, tiny_backbone
+):
+    cfg = cfg_factory(
+        "task=squad",
+        f"task.data_dir={shared_data}/squad_v2",
+        "task.split_from={source: validation, group_by: title, eval_fraction: 0.5, seed: 0}",
+        "task.max_eval_samples=64",
+    )
+    with pytest.raises(
+        DataError, match=r"eval question\(s\) of task 'squad' have no gold answer.*version_2=true"
+    ):
+        prepare_task(cfg.task, load_tokenizer(tiny_backbone), seed=0)
 
 
 # triadapt: a method of this project, so the trainer must find the QA labels without PEFT's help.

@@ -1,7 +1,8 @@
 """Figures from run records alone: ``python -m src.reporting.figures [--runs results/runs] [--out results/figures]``.
 
 Per (study, backbone) group of runs, the same selection as the tables (src/reporting/tables.py: ok runs at the
-methods' default options, the latest per seed), written as PNG and PDF:
+methods' default options, the latest per seed), written as PNG and PDF; studies with a write-up of their
+own (``STUDIES_WITH_WRITEUP``: cpu-repro) get theirs beside the write-up instead:
 
 - ``rank_heatmaps_<group>_<budget>``: final rank per layer × matrix type, one panel per adaptive
   method and task (mean over seeds), from ``rank_patterns.modules`` and the last ``rank_patterns.history``;
@@ -38,6 +39,10 @@ STYLE = {
     "axes.spines.right": False,
 }
 PAGE_WIDTH = 7.0  # inches: a two-column paper's text width
+# A study with a write-up of its own keeps its figures beside it (results/<study>/figures/, written with
+# the write-up by src/reporting/cpu_repro.py); results/figures/ holds every other study's: one place
+# per figure.
+STUDIES_WITH_WRITEUP = ("cpu-repro",)
 METHOD_COLOR = {"lora": "#4c72b0", "adalora": "#dd8452", "increlora": "#55a868", "triadapt": "#c44e52"}
 LAYER_RE = re.compile(r"(?:^|\.)(?:layer|layers|h|block|blocks)\.(\d+)(?:\.|$)")
 SHORT_TYPE = {  # target module suffix -> column label
@@ -385,22 +390,39 @@ def group_figures(records: list[dict]) -> dict[tuple[str, str | None], Figure]:
     return figures
 
 
-def write_figures(records: list[dict], out_dir: str | Path) -> list[Path]:
+def study_figures(
+    records: list[dict], skip_studies: tuple[str, ...] = STUDIES_WITH_WRITEUP
+) -> dict[str, Figure]:
+    """File stem (``<kind>_<study>_<backbone>[_<budget>]``) -> figure, for every study but ``skip_studies``."""
+    figures = {}
+    for (study, backbone), group in selected_runs(records).items():
+        if study in skip_studies:
+            continue
+        for (kind, budget), fig in group_figures(group).items():
+            figures["_".join([kind, study, backbone, *([budget] if budget else [])])] = fig
+    return figures
+
+
+def write_figures(
+    records: list[dict], out_dir: str | Path, skip_studies: tuple[str, ...] = STUDIES_WITH_WRITEUP
+) -> list[Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for (study, backbone), group in selected_runs(records).items():
-        for (kind, budget), fig in group_figures(group).items():
-            paths += save(fig, out / "_".join([kind, study, backbone, *([budget] if budget else [])]))
-    return paths
+    return [
+        path for stem, fig in study_figures(records, skip_studies).items() for path in save(fig, out / stem)
+    ]
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", default="results/runs", help="folder of run records (*.json)")
     parser.add_argument("--out", default="results/figures", help="where the .png and .pdf files go")
+    parser.add_argument(
+        "--all-studies", action="store_true", help=f"also the studies with a write-up: {STUDIES_WITH_WRITEUP}"
+    )
     args = parser.parse_args(argv)
-    for path in write_figures(load_records(args.runs), args.out):
+    skip = () if args.all_studies else STUDIES_WITH_WRITEUP
+    for path in write_figures(load_records(args.runs), args.out, skip):
         print(path)
 
 

@@ -19,6 +19,52 @@ from src.runtime.distributed import is_main_process
 log = logging.getLogger(__name__)
 
 
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes}m{secs:02d}s" if minutes < 60 else f"{minutes // 60}h{minutes % 60:02d}m"
+
+
+def _count(n) -> str:
+    return f"{n:,}" if isinstance(n, int) else str(n)
+
+
+def _metric_at(record: dict, entry: dict | None) -> str:
+    metric, total = record.get("primary_metric"), record.get("total_steps")
+    if not entry or not isinstance(entry.get(metric), (int, float)):
+        return "none (no evaluation)"
+    return f"{metric} {entry[metric]:.4f} at step {entry.get('step')}" + (f" of {total}" if total else "")
+
+
+def summary(record: dict, path: str | Path) -> str:
+    """The few aligned lines a run ends with: id and status, best and final primary metric with their
+    steps, the budget reached, wall time, and where the record is."""
+    budget = (record.get("budget") or {}).get("final") or {}
+    if budget:
+        target = budget.get("target_total_rank")
+        reached = f"total rank {budget.get('total_rank')}" + (f" / R* {target}" if target else " (fixed)")
+        reached += (
+            f", effective params {_count(budget.get('effective_adapter'))}"
+            f" (trainable {_count(budget.get('trainable_total'))})"
+        )
+    else:
+        reached = "none (the adapter was never applied)"
+    status = str(record.get("status")) + (f": {record['error']}" if record.get("error") else "")
+    cpu = f" (CPU {_duration(record['cpu_time_s'])})" if record.get("cpu_time_s") else ""
+    rows = [
+        ("run", f"{record.get('run_id')}  {status}"),
+        ("best", _metric_at(record, record.get("best"))),
+        ("final", _metric_at(record, record.get("final"))),
+        ("budget", reached),
+        ("wall time", _duration(record.get("wall_time_s")) + cpu),
+        ("record", str(path)),
+    ]
+    return "run summary\n" + "\n".join(f"  {label:<10} {text}" for label, text in rows)
+
+
 def _wandb_credentials() -> bool:
     if os.environ.get("WANDB_API_KEY"):
         return True
@@ -193,6 +239,9 @@ class RunTracker:
             )
             self.wandb.finish(exit_code=0 if status == "ok" else 1)
         return self.record
+
+    def summary(self) -> str:
+        return summary(self.record, self.path)
 
     def _log_rank_heatmap(self, wandb) -> None:
         """The final rank allocation as an image (src/reporting/figures.py); a plotting error never fails a run."""

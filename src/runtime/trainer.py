@@ -7,9 +7,13 @@ The callback is the only link between the loop and a method: it forwards every o
 from __future__ import annotations
 
 import math
+import os
+import sys
 from pathlib import Path
 
 import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
@@ -173,8 +177,17 @@ class MethodCallback(TrainerCallback):
         self.tracker.log_budget(state.global_step, self.method.budget(model))
 
 
+def show_progress() -> bool:
+    """The Trainer's tqdm bars (training and evaluation) only for someone watching a terminal: off when
+    stdout or stderr (where tqdm draws) is a file or a pipe, in CI, and in multiruns, whose jobs share
+    one console."""
+    if os.environ.get("CI") or not (sys.stdout.isatty() and sys.stderr.isatty()):
+        return False
+    return not (HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN)
+
+
 def training_arguments(
-    tr: DictConfig, output_dir: str, total: int, per_epoch: int, seed: int
+    tr: DictConfig, output_dir: str, total: int, per_epoch: int, seed: int, progress: bool = False
 ) -> TrainingArguments:
     optim = tr.get("optim", "adamw_torch")  # configs written before the option had the loop
     if optim not in OPTIMIZERS:
@@ -213,5 +226,5 @@ def training_arguments(
         # the method's regulariser included. Per-process means averaged by DDP are the global mean.
         average_tokens_across_devices=False,
         dataloader_pin_memory=torch.cuda.is_available(),
-        disable_tqdm=True,
+        disable_tqdm=not progress,
     )

@@ -1,8 +1,9 @@
-"""What every task family produces (``PreparedTask``), and the family registry.
+"""What every task family produces (``PreparedTask``), the keys every task has, and the family registry.
 
-A family module (classification, question_answering, summarisation) registers its builder with
-``@register_family(name)``; ``src.tasks.prepare_task`` looks the family up by the name a task's YAML
-gives. Families import this module, never the dispatcher, so the package has no import cycle.
+A family module (classification, question_answering, summarisation) registers its builder and its
+config schema with ``@register_family(name, schema)``; ``src.tasks.prepare_task`` looks the family up
+by the name a task's YAML gives. Families import this module, never the dispatcher, so the package
+has no import cycle.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 from datasets import Dataset
 from omegaconf import DictConfig
 
+from src.schema import setting
 from src.tasks.sources import subsample
 
 
@@ -29,16 +31,74 @@ class PreparedTask:
     generation: dict | None = None  # model.generate kwargs: evaluation generates text (AdapterTrainer)
 
 
+@dataclass(kw_only=True)
+class SplitFrom:
+    """``task.split_from``: train and eval derived from one split, whole groups at a time."""
+
+    source: str
+    group_by: str | None = None
+    eval_fraction: float = setting(gt=0, lt=1)
+    seed: int
+
+
+@dataclass(kw_only=True)
+class TaskConfig:
+    """The keys of every task (``configs/task/*.yaml``); each family's schema adds its own."""
+
+    name: str
+    family: str
+    head: str
+    # where the examples come from: data_dir, else builder, else the Hub (src/tasks/sources.py)
+    data_dir: str | None = None
+    builder: str | None = None
+    builder_args: dict[str, Any] | None = None
+    hub_name: str | None = None
+    hub_config: str | None = None
+    hub_revision: str | None = None
+    split_from: SplitFrom | None = None
+    train_split: str
+    eval_splits: dict[str, str]  # alias -> split
+    columns: list[str] | None = None
+    metrics: list[str]
+    primary_metric: str
+    max_train_samples: int | None = setting(None, ge=1)
+    max_eval_samples: int | None = setting(None, ge=1)
+
+    @classmethod
+    def relations(cls, task: dict, path: str) -> list[str]:
+        found = []
+        if not (task.get("data_dir") or task.get("builder") or task.get("hub_name")):
+            found.append(
+                f"task {task['name']!r} has no data source; set {path}.data_dir=<folder of <split>.jsonl "
+                f"files> (or {path}.hub_name / {path}.builder)"
+            )
+        if not task["eval_splits"]:
+            found.append(
+                f"{path}.eval_splits is empty; name at least one split, e.g. {{validation: validation}}"
+            )
+        if not task["metrics"]:
+            found.append(f"{path}.metrics is empty; name the metrics to report")
+        elif task["primary_metric"] not in task["metrics"]:
+            found.append(
+                f"{path}.primary_metric={task['primary_metric']!r} is not among {path}.metrics "
+                f"{task['metrics']}; pick one of them or add it"
+            )
+        return found
+
+
 # (task, tokenizer, seed, backbone) -> PreparedTask
 FamilyBuilder = Callable[[DictConfig, Any, int, "DictConfig | None"], PreparedTask]
 FAMILIES: dict[str, FamilyBuilder] = {}
+SCHEMAS: dict[str, type[TaskConfig]] = {}  # family -> the schema of its tasks
 
 
-def register_family(name: str):
-    """Decorator: make a builder available as ``family: <name>`` in a task YAML."""
+def register_family(name: str, schema: type[TaskConfig]):
+    """Decorator: make a builder available as ``family: <name>`` in a task YAML, its keys checked
+    against ``schema`` before anything is loaded."""
 
     def wrap(builder: FamilyBuilder) -> FamilyBuilder:
         FAMILIES[name] = builder
+        SCHEMAS[name] = schema
         return builder
 
     return wrap

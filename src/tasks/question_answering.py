@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import collections
 import math
+from dataclasses import dataclass
 
 import numpy as np
 from datasets import Dataset
 from omegaconf import DictConfig
 from transformers import default_data_collator
 
+from src.schema import setting
 from src.tasks import squad_scorer
-from src.tasks.family import PreparedTask, register_family
-from src.tasks.sources import load_task_data, subsample
+from src.tasks.family import PreparedTask, TaskConfig, register_family
+from src.tasks.sources import DataError, load_task_data, subsample
 
 SIDE_COLUMNS = ["example_id", "offset_mapping", "cls_index"]  # for post-processing, not for the model
 
@@ -121,7 +123,30 @@ def postprocess(
     return preds, diffs
 
 
-@register_family("question_answering")
+@dataclass(kw_only=True)
+class QuestionAnsweringConfig(TaskConfig):
+    columns: list[str]
+    version_2: bool  # unanswerable questions: a null answer and best-threshold scores
+    num_labels: int = setting(ge=1)  # unused by the QA head; kept so every classifier-style task has it
+    metrics: list[str] = setting(choices=["exact", "f1", "best_exact", "best_f1"])
+    max_length: int = setting(ge=1)
+    doc_stride: int = setting(ge=0)
+    n_best: int = setting(ge=1)
+    max_answer_length: int = setting(ge=1)
+    null_score_diff_threshold: float
+
+    @classmethod
+    def relations(cls, task: dict, path: str) -> list[str]:
+        found = super().relations(task, path)
+        if task["doc_stride"] >= task["max_length"]:
+            found.append(
+                f"{path}.doc_stride={task['doc_stride']} must be below {path}.max_length={task['max_length']} "
+                "(windows overlap by doc_stride tokens); lower doc_stride"
+            )
+        return found
+
+
+@register_family("question_answering", QuestionAnsweringConfig)
 def question_answering(
     task: DictConfig, tokenizer, seed: int, backbone: DictConfig | None = None
 ) -> PreparedTask:
@@ -133,12 +158,19 @@ def question_answering(
         # compute_metrics is not told which eval set it scores, and must match logits to examples.
         raise ValueError(f"task {task.name!r}: question answering takes exactly one eval split")
     data = load_task_data(task)
-    train = featurise(subsample(data[task.train_split], task.get("max_train_samples"), seed), tokenizer, task)
     alias, split = next(iter(task.eval_splits.items()))
     examples = subsample(data[split], task.get("max_eval_samples"), seed)
+    golds = dict(zip(examples["id"], (a["text"] for a in examples["answers"]), strict=True))
+    unanswerable = [qid for qid, answers in golds.items() if not answers]
+    if unanswerable and not task.version_2:  # found now, not at the first evaluation
+        raise DataError(
+            f"{len(unanswerable)} eval question(s) of task {task.name!r} have no gold answer (e.g. "
+            f"{unanswerable[0]!r}), which SQuAD v1.1 scoring cannot score; use task=squad_v2 or "
+            "set task.version_2=true"
+        )
+    train = featurise(subsample(data[task.train_split], task.get("max_train_samples"), seed), tokenizer, task)
     features = featurise(examples, tokenizer, task)
     side = features.select_columns(SIDE_COLUMNS).to_dict()
-    golds = dict(zip(examples["id"], (a["text"] for a in examples["answers"]), strict=True))
 
     def compute_metrics(eval_pred):
         # Gold positions make the Trainer compute an eval loss and call this at all; scoring uses the
@@ -155,7 +187,7 @@ def question_answering(
             task.null_score_diff_threshold,
         )
         if not task.version_2:
-            return squad_scorer.evaluate(golds, preds)
+            return squad_scorer.evaluate_v1(golds, preds)
         # "No answer" exactly when the difference exceeds the threshold, as in postprocess.
         return squad_scorer.evaluate(golds, preds, diffs, na_prob_thresh=task.null_score_diff_threshold)
 

@@ -21,17 +21,52 @@ The primary metric is ROUGE-L (spec §6).
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 from transformers import DataCollatorForSeq2Seq
 
-from src.tasks.family import PreparedTask, register_family, tokenise_splits
+from src.schema import setting
+from src.tasks.family import PreparedTask, TaskConfig, register_family, tokenise_splits
 from src.tasks.sources import load_task_data
 
 ROUGE_TYPES = ["rouge1", "rouge2", "rougeL", "rougeLsum"]
 IGNORE = -100  # label of tokens without loss; also the Trainer's padding between eval batches
+
+
+@dataclass(kw_only=True)
+class GenerationSettings:
+    """``task.generation``: model.generate settings at evaluation; null keeps the backbone's default."""
+
+    num_beams: int | None = setting(ge=1)
+    max_new_tokens: int | None = setting(ge=1)
+    length_penalty: float | None
+    no_repeat_ngram_size: int | None = setting(ge=0)
+
+
+@dataclass(kw_only=True)
+class SummarisationConfig(TaskConfig):
+    head_for_architecture: dict[str, str]
+    columns: list[str]
+    source_field: str
+    target_field: str
+    max_source_length: int = setting(ge=1)
+    max_target_length: int = setting(ge=1)
+    prompt_template: str  # decoder-only backbones: the prompt around the truncated source
+    generation: GenerationSettings
+    metrics: list[str] = setting(choices=ROUGE_TYPES)
+
+    @classmethod
+    def relations(cls, task: dict, path: str) -> list[str]:
+        found = super().relations(task, path)
+        if "{source}" not in task["prompt_template"]:
+            found.append(
+                f"{path}.prompt_template={task['prompt_template']!r} has no {{source}}; put {{source}} "
+                "where the document goes"
+            )
+        return found
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -148,7 +183,7 @@ def prompts_from_labels(
 ENCODERS = {"encoder_decoder": encode_seq2seq, "decoder": encode_prompt_completion}
 
 
-@register_family("summarisation")
+@register_family("summarisation", SummarisationConfig)
 def summarisation(task: DictConfig, tokenizer, seed: int, backbone: DictConfig | None = None) -> PreparedTask:
 
     architecture = backbone.get("architecture") if backbone is not None else None
