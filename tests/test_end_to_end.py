@@ -144,6 +144,7 @@ def test_skip_existing_reuses_an_ok_record_and_reruns_otherwise(cfg_factory, sha
     assert rerun["status"] == "ok" and json.loads(path.read_text())["status"] == "ok"
 
 
+@pytest.mark.heavy  # `make test-slow`: four more end-to-end runs
 @pytest.mark.parametrize("method", METHOD_OVERRIDES)
 def test_bf16_autocast_trains_every_method_and_keeps_adapter_tensors_fp32(
     cfg_factory, shared_data, tmp_path, method
@@ -184,6 +185,7 @@ def test_bf16_autocast_trains_every_method_and_keeps_adapter_tensors_fp32(
     assert saved and {t.dtype for t in saved.values()} == {torch.float32}
 
 
+@pytest.mark.heavy  # `make test-slow`: four more end-to-end runs
 @pytest.mark.parametrize("method", ["increlora", "triadapt"])
 def test_allocator_before_the_optimizer_step_runs_in_the_trainer(cfg_factory, shared_data, tmp_path, method):
     """allocator_timing=before_step: HF's on_pre_optimizer_step runs the hook (spec §1.4); the

@@ -18,6 +18,7 @@ from src.methods.triadapt import TriAdaptLoRA
 from src.runtime.backbones import load_model
 from tests.reference.per_block_triadapt import PerBlockTriAdaptLoRA
 
+pytestmark = pytest.mark.heavy  # 8 runs of 150 steps: `make test-slow` (CI runs it), keeping `make test` short
 HEADS = ["classifier", "pooler"]
 STEPS = 150
 
