@@ -145,10 +145,38 @@ class _Plan(NamedTuple):
     b_shapes: list[tuple[int, int, int]]
     t_shapes: list[tuple[int, int, int]]
     scale: torch.Tensor  # per entry of the T part: s_i of the entry's layer
-    a_masks: list[torch.Tensor]  # I_{r_i} padded, per A group: the regulariser's identity
+    a_masks: list[torch.Tensor]  # −I_{r_i} padded, per A group: the regulariser's identity, negated
     b_masks: list[torch.Tensor]
     a_slot: list[tuple[int, int]]  # per slot: (A group, position in it)
     b_slot: list[tuple[int, int]]
+
+
+class _OrthPenalty(torch.autograd.Function):
+    """Σ over batches P (n × r × d) and modules of ‖P Pᵀ − I‖_F, with its closed-form gradient.
+
+    d‖G‖_F/dP = 2 (G / ‖G‖_F) P for the symmetric G = P Pᵀ − I: one ``bmm`` per batch backward,
+    where autograd would chain through the norm, the subtraction and both sides of the product.
+    """
+
+    @staticmethod
+    def forward(ctx, neg_eyes: list[torch.Tensor], *batches: torch.Tensor) -> torch.Tensor:
+        grams, norms = [], []
+        for P, neg_eye in zip(batches, neg_eyes, strict=True):
+            G = torch.baddbmm(neg_eye, P, P.transpose(1, 2))  # P Pᵀ − I in one call
+            grams.append(G)
+            norms.append(torch.linalg.vector_norm(G, dim=(1, 2)))
+        ctx.save_for_backward(*batches, *grams, *norms)
+        return torch.cat(norms).sum()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        saved, n = ctx.saved_tensors, len(ctx.saved_tensors) // 3
+        batches, grams, norms = saved[:n], saved[n : 2 * n], saved[2 * n :]
+        grads = [
+            torch.bmm(G, P).mul_((2 * grad / norm.clamp_min(1e-30))[:, None, None])  # 0 where G = 0
+            for P, G, norm in zip(batches, grams, norms, strict=True)
+        ]
+        return (None, *grads)
 
 
 class TriAdaptBlocks(growing.SharedAdapterStorage):
@@ -271,14 +299,28 @@ class TriAdaptBlocks(growing.SharedAdapterStorage):
             return self._plan
         starts = np.cumsum([0] + [p.numel() for p in events])
         zero = int(starts[-1])  # the appended 0: every padded position reads it
-        n_slots = len(self.layers)
-        a_slot, b_slot = [None] * n_slots, [None] * n_slots
-        a_idx, b_idx, tl_idx, tu_idx, scale, a_masks, b_masks = [], [], [], [], [], [], []
-        for g, slots in enumerate(self._groups("in_features").values()):
-            d, rmax = self.layers[slots[0]].in_features, max(self.ranks[s] for s in slots)
-            A = np.full((len(slots), rmax, d), zero, dtype=np.int64)
-            TL = np.full((len(slots), rmax, rmax), zero, dtype=np.int64)
-            TU = np.full((len(slots), rmax, rmax), zero, dtype=np.int64)
+        a_groups = [
+            (slots, self.layers[slots[0]].in_features) for slots in self._groups("in_features").values()
+        ]
+        b_groups = [
+            (slots, self.layers[slots[0]].out_features) for slots in self._groups("out_features").values()
+        ]
+        rmax = lambda slots: max(self.ranks[s] for s in slots)  # noqa: E731
+        a_shapes = [(len(slots), rmax(slots), d) for slots, d in a_groups]
+        b_shapes = [(len(slots), rmax(slots), d) for slots, d in b_groups]
+        t_shapes = [(n, r, r) for n, r, _ in a_shapes]
+        # one int32 array filled in place, no concatenated copies: the event's peak memory stays low
+        shapes = [*a_shapes, *b_shapes, *t_shapes, *t_shapes]
+        sizes = [math.prod(shape) for shape in shapes]
+        flat = np.full(sum(sizes), zero, dtype=np.int32 if zero < 2**31 else np.int64)
+        offsets = np.cumsum([0, *sizes])
+        views = [flat[o : o + n].reshape(shape) for o, n, shape in zip(offsets, sizes, shapes, strict=False)]
+        na, nb = len(a_shapes), len(b_shapes)
+        A_idx, B_idx = views[:na], views[na : na + nb]
+        TL_idx, TU_idx = views[na + nb : 2 * na + nb], views[2 * na + nb :]
+        a_slot, b_slot = [None] * len(self.layers), [None] * len(self.layers)
+        for g, (slots, d) in enumerate(a_groups):
+            A, TL, TU = A_idx[g], TL_idx[g], TU_idx[g]
             for j, slot in enumerate(slots):
                 a_slot[slot] = (g, j)
                 for b in self.blocks[slot]:
@@ -286,14 +328,8 @@ class TriAdaptBlocks(growing.SharedAdapterStorage):
                     TL[j, b.start : s, :s] = base + np.arange(k * s).reshape(k, s)
                     TU[j, :s, b.start : s] = base + k * s + np.arange(s * k).reshape(s, k)
                     A[j, b.start : s] = base + 2 * k * s + np.arange(k * d).reshape(k, d)
-            a_idx.append(A)
-            tl_idx.append(TL)
-            tu_idx.append(TU)
-            scale.append(np.repeat([self.layers[s].scale for s in slots], rmax * rmax))
-            a_masks.append(self._eye(slots, rmax))
-        for g, slots in enumerate(self._groups("out_features").values()):
-            d, rmax = self.layers[slots[0]].out_features, max(self.ranks[s] for s in slots)
-            Bt = np.full((len(slots), rmax, d), zero, dtype=np.int64)
+        for g, (slots, d) in enumerate(b_groups):
+            Bt = B_idx[g]
             for j, slot in enumerate(slots):
                 b_slot[slot] = (g, j)
                 d_in = self.layers[slot].in_features
@@ -301,19 +337,28 @@ class TriAdaptBlocks(growing.SharedAdapterStorage):
                     k, s = b.k, b.start + b.k
                     base = int(starts[b.event]) + b.offset + 2 * k * s + k * d_in
                     Bt[j, b.start : s] = base + np.arange(k * d).reshape(k, d)
-            b_idx.append(Bt)
-            b_masks.append(self._eye(slots, rmax))
+        scale = np.concatenate(
+            [
+                np.repeat([self.layers[s].scale for s in slots], r * r)
+                for (slots, _), (_, r, _) in zip(a_groups, a_shapes, strict=True)
+            ]
+        )
         device, dtype = events[0].device, events[0].dtype
-        index = np.concatenate([t.reshape(-1) for t in (*a_idx, *b_idx, *tl_idx, *tu_idx)])
         self._plan = _Plan(
-            index=torch.from_numpy(index.astype(np.int32 if zero < 2**31 else np.int64)).to(device),
-            sizes=[t.size for t in (*a_idx, *b_idx)] + [2 * sum(t.size for t in tl_idx)],
-            a_shapes=[t.shape for t in a_idx],
-            b_shapes=[t.shape for t in b_idx],
-            t_shapes=[t.shape for t in tl_idx],
-            scale=torch.from_numpy(np.concatenate(scale)).to(device, dtype),
-            a_masks=[torch.from_numpy(m).to(device, dtype) for m in a_masks],
-            b_masks=[torch.from_numpy(m).to(device, dtype) for m in b_masks],
+            index=torch.from_numpy(flat).to(device),
+            sizes=[*sizes[: na + nb], 2 * sum(sizes[na + nb : 2 * na + nb])],
+            a_shapes=a_shapes,
+            b_shapes=b_shapes,
+            t_shapes=t_shapes,
+            scale=torch.from_numpy(scale).to(device, dtype),
+            a_masks=[
+                torch.from_numpy(-self._eye(slots, r)).to(device, dtype)
+                for (slots, _), (_, r, _) in zip(a_groups, a_shapes, strict=True)
+            ],
+            b_masks=[
+                torch.from_numpy(-self._eye(slots, r)).to(device, dtype)
+                for (slots, _), (_, r, _) in zip(b_groups, b_shapes, strict=True)
+            ],
             a_slot=a_slot,
             b_slot=b_slot,
         )
@@ -403,19 +448,13 @@ class TriAdaptBlocks(growing.SharedAdapterStorage):
         return factors.T_groups[g][j, :r, :r].contiguous()
 
     def orth_penalty_sum(self) -> torch.Tensor:
-        """Σ_i ‖A_i A_iᵀ − I‖_F + ‖B_iᵀ B_i − I‖_F (spec §5.7), a few batched operations per group.
+        """Σ_i ‖A_i A_iᵀ − I‖_F + ‖B_iᵀ B_i − I‖_F (spec §5.7) over the padded batches of this forward.
 
         Zero padding leaves each Gram matrix's live block unchanged and adds zeros elsewhere, and the
         padded identity is zero there too, so the padded norm is the module's norm.
         """
         factors, plan = self.current(), self.plan()
-        total = None
-        for P, eye in zip(
-            (*factors.A_groups, *factors.Bt_groups), (*plan.a_masks, *plan.b_masks), strict=True
-        ):
-            part = torch.linalg.vector_norm(torch.bmm(P, P.transpose(1, 2)) - eye, dim=(1, 2)).sum()
-            total = part if total is None else total + part
-        return total
+        return _OrthPenalty.apply([*plan.a_masks, *plan.b_masks], *factors.A_groups, *factors.Bt_groups)
 
     @torch.no_grad()
     def norms(self, divisor: str) -> list[float]:
