@@ -18,7 +18,8 @@ from src.methods.triadapt import TriAdaptLoRA
 from src.runtime.backbones import load_model
 from tests.reference.per_block_triadapt import PerBlockTriAdaptLoRA
 
-pytestmark = pytest.mark.heavy  # 8 runs of 150 steps: `make test-slow` (CI runs it), keeping `make test` short
+# 8 runs of 150 steps: in `make test-slow` (CI runs it), so that `make test` stays short
+pytestmark = pytest.mark.heavy
 HEADS = ["classifier", "pooler"]
 STEPS = 150
 
