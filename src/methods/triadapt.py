@@ -586,9 +586,6 @@ class TriAdaptLinear(growing.AdapterLinear):
     def factor_B(self) -> torch.Tensor:
         return self.store.factor(self.slot, "Bt").t()
 
-    def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.factor_A(), self.factor_B()
-
     def adapter_factors(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(dropout(x) (s·T·A)ᵀ, Bᵀ): O(n·r·(d_in + d_out)); the d_out × d_in update is never built."""
         factors = self.store.current()
@@ -610,15 +607,6 @@ class TriAdaptLinear(growing.AdapterLinear):
             cum += k
             total += 2 * k * cum
         return total
-
-    @torch.no_grad()
-    def norm_tensor(self, divisor: str) -> torch.Tensor:
-        """N_i = ‖L + U‖_F / r_i (or / number of blocks), fp32, as a 0-d tensor on the layer's device."""
-        value = torch.linalg.norm(self.transform().float())
-        return value / (self.rank if divisor == "rank" else len(self.block_sizes()))
-
-    def norm(self, divisor: str) -> float:
-        return self.norm_tensor(divisor).item()
 
     # -- the state dict: per-block tensors under this layer's name, whatever the storage ------------
     def _block_entries(self) -> list[tuple[str, torch.Tensor]]:
