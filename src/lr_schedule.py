@@ -60,7 +60,10 @@ def group_lambda(spec: dict | None, default: LRLambda) -> LRLambda:
     if kind == "static":
         return constant_one
     if kind == "restart_warmup":
+        # ours carry the length; transformers' linear schedule is a partial with it as a keyword
         warmup = getattr(default, "warmup_steps", None)
+        if warmup is None:
+            warmup = (getattr(default, "keywords", None) or {}).get("num_warmup_steps")
         if warmup is None:
             raise ValueError(
                 "new_params_lr=restart_warmup needs the global warmup length; build the scheduler "
@@ -89,16 +92,20 @@ class GroupLambdaLR(LambdaLR):
 
     def add_group(self, lr_lambda: LRLambda | None = None) -> None:
         """Schedule ``optimizer.param_groups[-1]``; ``None`` means the global schedule."""
-        n_scheduled = len(self.base_lrs)
-        if len(self.optimizer.param_groups) != n_scheduled + 1:
-            raise RuntimeError(
-                f"add_group expects exactly one unscheduled optimizer group, found "
-                f"{len(self.optimizer.param_groups) - n_scheduled}"
-            )
-        group = self.optimizer.param_groups[-1]
-        lr_lambda = lr_lambda or self.default_lambda
-        group.setdefault("initial_lr", group["lr"])
-        self.base_lrs.append(group["initial_lr"])
-        self.lr_lambdas.append(lr_lambda)
-        group["lr"] = group["initial_lr"] * lr_lambda(self.last_epoch)
-        self._last_lr = [g["lr"] for g in self.optimizer.param_groups]
+        add_group(self, lr_lambda or self.default_lambda)
+
+
+def add_group(scheduler: LambdaLR, lr_lambda: LRLambda) -> None:
+    """Schedule the newest optimizer group of any ``LambdaLR`` (transformers' schedules are ones)."""
+    n_scheduled = len(scheduler.base_lrs)
+    if len(scheduler.optimizer.param_groups) != n_scheduled + 1:
+        raise RuntimeError(
+            f"add_group expects exactly one unscheduled optimizer group, found "
+            f"{len(scheduler.optimizer.param_groups) - n_scheduled}"
+        )
+    group = scheduler.optimizer.param_groups[-1]
+    group.setdefault("initial_lr", group["lr"])
+    scheduler.base_lrs.append(group["initial_lr"])
+    scheduler.lr_lambdas.append(lr_lambda)
+    group["lr"] = group["initial_lr"] * lr_lambda(scheduler.last_epoch)
+    scheduler._last_lr = [g["lr"] for g in scheduler.optimizer.param_groups]

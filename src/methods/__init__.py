@@ -5,8 +5,9 @@ Importing this package registers every method; ``get_method`` is the only way th
 
 from src.methods import adalora, increlora, lora, triadapt  # noqa: F401  (importing registers them)
 from src.methods.base import METHODS, AdapterMethod
+from src.methods.peft_tuner import RankGrowthCallback
 
-__all__ = ["METHODS", "AdapterMethod", "get_method"]
+__all__ = ["METHODS", "AdapterMethod", "RankGrowthCallback", "get_method"]
 
 
 def get_method(name: str) -> AdapterMethod:

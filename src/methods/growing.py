@@ -30,9 +30,13 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
+from peft.tuners.tuners_utils import BaseTunerLayer
+from peft.utils.other import AuxiliaryTrainingWrapper
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
 
+from src import lr_schedule
 from src.lr_schedule import group_lambda
 from src.methods.base import AdapterMethod, find_targets
 
@@ -56,19 +60,33 @@ def random_scores(seed: int | None, event: int, n: int) -> list[float]:
 # ---------------------------------------------------------------------------------------------------
 # Layers
 # ---------------------------------------------------------------------------------------------------
-class AdapterLinear(nn.Module, abc.ABC):
+class AdapterLinear(nn.Module, BaseTunerLayer):
     """An ``nn.Linear`` (kept as ``base_layer``, same weight and bias tensors) plus an adapter branch.
 
     ``forward`` = base output + ``adapter_forward(x)`` unless the layer is merged (the branch already
     sits in the weight) or disabled (``disable_adapter``). Subclasses define the factors and the
     closed forms; everything generic (merge, dtype handling, flags) is here.
+
+    It is also a peft ``BaseTunerLayer`` (src/methods/peft_tuner.py): one adapter per layer, so
+    ``merged`` is peft's ``merged_adapters`` being non-empty and ``disabled`` is peft's
+    ``disable_adapters``. The factors are not in per-adapter ``ModuleDict``s (growth appends tensors,
+    and TriAdaptLoRA keeps them in one storage for the whole model), hence no ``adapter_layer_names``.
     """
 
     def __init__(self, base_layer: nn.Linear):
         super().__init__()
         self.base_layer = base_layer
-        self.merged = False
-        self.disabled = False
+        self.merged_adapters = []  # per layer: peft's class attribute is one list shared by all
+        self._disable_adapters = False
+        self._active_adapter = "default"
+
+    @property
+    def disabled(self) -> bool:
+        return self._disable_adapters
+
+    @disabled.setter
+    def disabled(self, value: bool) -> None:
+        self._disable_adapters = bool(value)
 
     @property
     def in_features(self) -> int:
@@ -137,19 +155,32 @@ class AdapterLinear(nn.Module, abc.ABC):
         flat = torch.addmm(out.reshape(-1, out.shape[-1]), h.reshape(-1, h.shape[-1]), Bt)
         return flat.view(out.shape)
 
-    def merge(self) -> None:
+    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
+        """W ← W0 + ΔW. ``safe_merge`` (peft's argument) refuses a ΔW with NaN or Inf entries."""
         if self.merged:
             warnings.warn("adapter layer is already merged; merge() did nothing", stacklevel=2)
             return
-        self._add_to_weight(self.delta_weight())
-        self.merged = True
+        delta = self.delta_weight()
+        if safe_merge and not torch.isfinite(delta).all():
+            raise ValueError("the adapter's update has NaN or Inf entries; it was not merged")
+        self._add_to_weight(delta)
+        self.merged_adapters = list(self.active_adapters)
 
     def unmerge(self) -> None:
         if not self.merged:
             warnings.warn("adapter layer is not merged; unmerge() did nothing", stacklevel=2)
             return
         self._add_to_weight(-self.delta_weight())
-        self.merged = False
+        self.merged_adapters = []
+
+    def enable_adapters(self, enabled: bool) -> None:
+        self._disable_adapters = not enabled
+
+    def set_adapter(self, adapter_names: str | list[str], inference_mode: bool = False) -> None:
+        names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
+        if len(names) != 1:
+            raise ValueError(f"a growing adapter layer holds one adapter; got {names}")
+        self._active_adapter = names[0]
 
     @torch.no_grad()
     def _add_to_weight(self, delta: torch.Tensor) -> None:
@@ -243,6 +274,10 @@ def head_wrappers(model: nn.Module) -> dict[str, HeadWrapper]:
     return {name: m for name, m in model.named_modules() if isinstance(m, HeadWrapper)}
 
 
+def peft_heads(model: nn.Module) -> dict[str, nn.Module]:
+    return {name: m for name, m in model.named_modules() if isinstance(m, AuxiliaryTrainingWrapper)}
+
+
 def storage_modules(model: nn.Module) -> dict[str, SharedAdapterStorage]:
     return {name: m for name, m in model.named_modules() if isinstance(m, SharedAdapterStorage)}
 
@@ -282,6 +317,7 @@ def prepare_model(
     heads: list[str],
     make_layer: Callable[[str, nn.Linear], AdapterLinear],
     regularizer: Callable[[nn.Module], torch.Tensor | None] | None = None,
+    wrap: bool = True,
 ) -> nn.Module:
     """Freeze, inject (``make_layer(name, linear)`` per target, spec §1.1), wrap heads, attach the loss.
 
@@ -297,7 +333,8 @@ def prepare_model(
     freeze(model)
     for name in targets:
         _set_submodule(model, name, make_layer(name, model.get_submodule(name)))
-    wrap_heads(model, heads)
+    if wrap:  # else the caller wraps them (peft's modules_to_save); they are never targets either way
+        wrap_heads(model, heads)
     info = AdapterInfo(method=method, config=config, targets=targets, heads=heads)
     setattr(model, INFO_ATTR, info)
     if regularizer is not None:
@@ -391,20 +428,25 @@ def unmerge(model: nn.Module) -> None:
 
 def merge_and_unload(model: nn.Module) -> nn.Module:
     """Merge, then put plain ``nn.Linear`` back and keep the trained heads: a model without adapter."""
-    info = get_info(model)
     if not any(layer.merged for layer in adapter_layers(model).values()):
         merge(model)
     for name, layer in adapter_layers(model).items():
         _set_submodule(model, name, layer.base_layer)
     for name, head in head_wrappers(model).items():
         _set_submodule(model, name, head.trained_module)
+    detach_adapter(model)
+    return model
+
+
+def detach_adapter(model: nn.Module) -> None:
+    """Remove what injection left besides the layers: shared storage, hooks and ``adapter_info``."""
+    info = get_info(model)
     for name in storage_modules(model):
         parent, _, child = name.rpartition(".")
         delattr(model.get_submodule(parent) if parent else model, child)
     for handle in info.hooks:
         handle.remove()
     delattr(model, INFO_ATTR)
-    return model
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -424,11 +466,13 @@ def add_param_group(
     birth_step: int,
     total_step: int,
     name: str | None = None,
+    template: list[nn.Parameter] = (),
 ) -> dict:
     """Put ``params`` into one new optimizer group and schedule it (spec §5.8); returns the group.
 
-    Hyperparameters (lr, weight decay, betas, eps, ...) are copied from the "decay" group, with the
-    group's *base* LR, so the scheduler scales it like every other group:
+    Hyperparameters (lr, weight decay, betas, eps, ...) are copied from the "decay" group (or, in an
+    optimizer built elsewhere, the group holding the first of ``template``, the adapter's existing
+    tensors), with the group's *base* LR, so the scheduler scales it like every other group:
     ``follow`` = the global lambda; ``restart_warmup`` = its own warmup from ``birth_step`` (§4);
     ``static`` = constant 1.0, i.e. the peak LR to the end (the reference's behaviour, kept as an
     entry so ``get_last_lr()`` still has one value per group).
@@ -436,11 +480,16 @@ def add_param_group(
     if new_params_lr not in NEW_PARAMS_LR:
         raise ValueError(f"new_params_lr={new_params_lr!r}; choose one of {NEW_PARAMS_LR}")
     decay = [g for g in optimizer.param_groups if g.get("name") == "decay"]
+    if not decay:  # a stock Trainer's or a custom loop's optimizer: the adapter's own group
+        ids = {id(p) for p in template}
+        decay = [g for g in optimizer.param_groups if any(id(p) in ids for p in g["params"])][:1]
     if len(decay) != 1:
         raise ValueError(
-            f"expected exactly one optimizer group named 'decay' (from method.param_groups), "
-            f"found {len(decay)}"
+            f"expected exactly one optimizer group named 'decay' (from method.param_groups) or one "
+            f"holding the adapter's tensors, found {len(decay)}; build the optimizer from the "
+            "model's trainable parameters"
         )
+    index = next(i for i, g in enumerate(optimizer.param_groups) if g is decay[0])
     template = decay[0]
     group = {k: copy.deepcopy(v) for k, v in template.items() if k not in ("params", "param_names")}
     base_lr = template.get("initial_lr", template["lr"])
@@ -453,12 +502,13 @@ def add_param_group(
     if lr_scheduler is None:
         return optimizer.param_groups[-1]
     scheduler = getattr(lr_scheduler, "scheduler", lr_scheduler)  # accelerate wraps it
-    if not hasattr(scheduler, "add_group"):
+    if not isinstance(scheduler, LambdaLR):
         raise TypeError(
             f"{type(scheduler).__name__} cannot schedule parameter groups added during training; "
-            "use src.lr_schedule.GroupLambdaLR"
+            "use a LambdaLR (transformers' schedules are) or src.lr_schedule.GroupLambdaLR"
         )
-    scheduler.add_group(group_lambda(group["lr_schedule"], scheduler.default_lambda))
+    default = getattr(scheduler, "default_lambda", None) or scheduler.lr_lambdas[index]
+    lr_schedule.add_group(scheduler, group_lambda(group["lr_schedule"], default))
     return optimizer.param_groups[-1]
 
 
@@ -478,14 +528,17 @@ def budget_report(model: nn.Module, target_total_rank: int | None) -> dict:
                     adapter += p.numel()
     for wrapper in heads.values():
         head += sum(p.numel() for p in wrapper.trained_module.parameters() if p.requires_grad)
+    for wrapper in peft_heads(model).values():  # the tuners' heads: peft's modules_to_save
+        head += sum(p.numel() for p in wrapper.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters() if p.requires_grad)
     if adapter + spare + head != total:
         stray = [
             n
             for n, p in model.named_parameters()
             if p.requires_grad
-            and not _in_adapter(n, {**layers, **stores})
+            and not in_adapter(n, {**layers, **stores})
             and ".trained_module." not in f".{n}"
+            and ".modules_to_save." not in f".{n}"
         ]
         raise RuntimeError(f"trainable parameters outside adapter layers and heads: {stray[:10]}")
     ranks = {name: layer.rank for name, layer in layers.items()}
@@ -501,8 +554,15 @@ def budget_report(model: nn.Module, target_total_rank: int | None) -> dict:
     }
 
 
-def _in_adapter(param_name: str, layers: dict[str, nn.Module]) -> bool:
+def in_adapter(param_name: str, layers: dict[str, nn.Module]) -> bool:
+    """True for a state-dict key or parameter name inside one of ``layers`` but not its base layer."""
     return any(param_name.startswith(name + ".") and ".base_layer." not in param_name for name in layers)
+
+
+def adapter_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The adapter's own tensors: the layers' (not their base layers') and the shared storage's."""
+    layers, stores = adapter_layers(model), storage_modules(model)
+    return [p for n, p in model.named_parameters() if in_adapter(n, {**layers, **stores})]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -513,7 +573,7 @@ def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     layers = adapter_layers(model)
     state = {}
     for name, tensor in model.state_dict().items():
-        if _in_adapter(name, layers) or ".trained_module." in f".{name}":
+        if in_adapter(name, layers) or ".trained_module." in f".{name}":
             state[name] = tensor
     return state
 
@@ -567,12 +627,16 @@ def load_adapter(method, base_model: nn.Module, directory: str) -> nn.Module:
 
 def restore_adapter(method, model: nn.Module, meta: dict, directory: str) -> None:
     """Grow a freshly injected ``model`` to the saved pattern and load the saved tensors strictly."""
-    layers = adapter_layers(model)
-    pattern = meta.get("rank_pattern")
-    check_rank_pattern(pattern, layers)
-    method.restore_blocks(model, {name: list(blocks) for name, blocks in pattern.items()}, meta)
-    method.restore_extra(model, meta, directory)  # e.g. IncreLoRA's spares: more shapes to rebuild
+    restore_layout(method, model, meta, directory)
     load_adapter_state(model, load_file(os.path.join(directory, WEIGHTS_FILE)))
+
+
+def restore_layout(method, model: nn.Module, meta: dict, source: str = "adapter_config.json") -> None:
+    """Grow a freshly injected ``model`` to a saved layout (``rank_pattern`` and the method's extras)."""
+    pattern = meta.get("rank_pattern")
+    check_rank_pattern(pattern, adapter_layers(model))
+    method.restore_blocks(model, {name: list(blocks) for name, blocks in pattern.items()}, meta)
+    method.restore_extra(model, meta, source)  # e.g. IncreLoRA's spares: more shapes to rebuild
 
 
 def check_rank_pattern(pattern, layers: dict[str, AdapterLinear]) -> None:
@@ -634,6 +698,26 @@ class GrowingAdapterMethod(AdapterMethod):
     def restore_extra(self, model: nn.Module, meta: dict, directory: str) -> None:
         """Rebuild method-specific shapes from the saved config before the strict load (none here)."""
 
+    def inject(self, model: nn.Module, config, heads: bool = True) -> nn.Module:
+        """Freeze ``model`` and inject the layers (and storage, hooks, allocator state) in place;
+        ``heads=False`` leaves the task heads to the caller (peft's ``modules_to_save``)."""
+        raise NotImplementedError
+
+    def apply(self, model: nn.Module, config) -> nn.Module:
+        return self.inject(model, config)
+
+    def layout_extra(self, model: nn.Module) -> dict:
+        """What a saved adapter needs besides the rank pattern to rebuild this model's shapes."""
+        return {}
+
+    def layout(self, model: nn.Module) -> dict:
+        pattern = {name: layer.block_sizes() for name, layer in adapter_layers(model).items()}
+        return {"rank_pattern": pattern, **self.layout_extra(model)}
+
+    def batch(self, model: nn.Module) -> contextlib.AbstractContextManager:
+        """Context in which many layers' factors are read at once (merging): one gather, not many."""
+        return contextlib.nullcontext()
+
     def allocator_timing(self, model: nn.Module) -> str:
         return get_info(model).config.allocator_timing
 
@@ -645,7 +729,7 @@ class GrowingAdapterMethod(AdapterMethod):
         return budget_report(model, get_info(model).state.get("target_total_rank"))
 
     def save(self, model: nn.Module, directory: str) -> None:
-        save_adapter(model, directory)
+        save_adapter(model, directory, extra=self.layout_extra(model))
 
     def load(self, base_model: nn.Module, directory: str) -> nn.Module:
         return load_adapter(self, base_model, directory)

@@ -35,12 +35,15 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
+from peft import PeftConfig
+from peft.utils import PeftType
 from torch import nn
 
-from src.methods import growing
+from src.methods import growing, peft_tuner
 from src.methods.base import register
 
 DEFAULT_INCRE_RANK = {2: 1, 4: 2, 6: 3, 8: 4}  # the released code's k = r̄ / 2 table
@@ -381,7 +384,7 @@ class IncreLoRA(growing.GrowingAdapterMethod):
     config_class = IncreLoRAConfig
 
     # -- injection -------------------------------------------------------------------------------
-    def apply(self, model: nn.Module, config: IncreLoRAConfig) -> nn.Module:
+    def inject(self, model: nn.Module, config: IncreLoRAConfig, heads: bool = True) -> nn.Module:
         model = growing.prepare_model(
             model,
             self.name,
@@ -390,6 +393,7 @@ class IncreLoRA(growing.GrowingAdapterMethod):
             list(config.modules_to_save),
             make_layer=lambda name, linear: IncreLoRALinear(linear, config),
             regularizer=self.regularizer,
+            wrap=heads,
         )
         layers = self.layers(model)
         target_total = config.target_rank * len(layers)
@@ -510,6 +514,7 @@ class IncreLoRA(growing.GrowingAdapterMethod):
                     birth_step=global_step,
                     total_step=config.total_step,
                     name=f"increlora@{global_step}",
+                    template=growing.adapter_parameters(model),
                 )
         if done:
             for layer in layers.values():
@@ -535,16 +540,11 @@ class IncreLoRA(growing.GrowingAdapterMethod):
                 )
 
     # -- persistence (budget, merge and disable come from GrowingAdapterMethod) ------------------
-    def save(self, model: nn.Module, directory: str) -> None:
-        layers = self.layers(model)
-        growing.save_adapter(
-            model,
-            directory,
-            extra={
-                "spare_pattern": {name: layer.spare_size for name, layer in layers.items()},
-                "growth_done": not self.growing(model),
-            },
-        )
+    def layout_extra(self, model: nn.Module) -> dict:
+        return {
+            "spare_pattern": {name: layer.spare_size for name, layer in self.layers(model).items()},
+            "growth_done": not self.growing(model),
+        }
 
     def training_state(self, model: nn.Module) -> dict:
         """Per module: the sensitivity EMAs Ī, Ū, the gradient sum G and the growth flag."""
@@ -583,3 +583,39 @@ class IncreLoRA(growing.GrowingAdapterMethod):
         if meta.get("growth_done"):
             for layer in layers.values():
                 layer.end_growth()
+
+
+# ---------------------------------------------------------------------------------------------------
+# peft tuner (src/methods/peft_tuner.py): get_peft_model(model, IncreLoraConfig(...))
+# ---------------------------------------------------------------------------------------------------
+@dataclass
+class IncreLoraConfig(peft_tuner.GrowingPeftConfig, PeftConfig, IncreLoRAConfig):
+    """IncreLoRA as a peft config: every field of ``IncreLoRAConfig`` plus the grown layout.
+
+    Set ``target_modules``, ``total_step`` (optimizer steps T) and ``modules_to_save`` for a task
+    head. ``rank_pattern`` (module -> block sizes), ``spare_pattern`` (module -> spare size) and
+    ``growth_done`` are filled by the tuner as the adapter grows; leave them unset for a new one.
+    """
+
+    rank_pattern: dict | None = None
+    spare_pattern: dict | None = None
+    growth_done: bool | None = None
+
+    method_config_class: ClassVar[type] = IncreLoRAConfig
+    layout_fields: ClassVar[tuple[str, ...]] = ("spare_pattern", "growth_done")
+
+    def __post_init__(self):
+        PeftConfig.__post_init__(self)
+        self.peft_type = PeftType.INCRELORA
+        IncreLoRAConfig.__post_init__(self)
+
+
+class IncreLoraModel(peft_tuner.GrowingTuner):
+    """The peft tuner model: this module's layers, grown by ``update_and_allocate`` (or
+    ``src.methods.RankGrowthCallback`` in a Trainer)."""
+
+    prefix = "increlora_"
+    method_name = "increlora"
+
+
+peft_tuner.register("increlora", IncreLoraConfig, IncreLoraModel)

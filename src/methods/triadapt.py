@@ -14,14 +14,16 @@ import contextlib
 import dataclasses
 import math
 import warnings
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from peft import PeftConfig
+from peft.utils import PeftType
 from torch import nn
 
-from src.methods import growing
+from src.methods import growing, peft_tuner
 from src.methods.base import find_targets, register
 
 STORE_NAME = "triadapt_blocks"  # the model's TriAdaptBlocks submodule
@@ -728,7 +730,7 @@ class TriAdaptLoRA(growing.GrowingAdapterMethod):
 
     config_class = TriAdaptConfig
 
-    def apply(self, model: nn.Module, config: TriAdaptConfig) -> nn.Module:
+    def inject(self, model: nn.Module, config: TriAdaptConfig, heads: bool = True) -> nn.Module:
         if isinstance(config, dict):
             config = TriAdaptConfig(**config)
         num_modules = len(find_targets(model, config.target_modules, config.modules_to_save))
@@ -762,6 +764,7 @@ class TriAdaptLoRA(growing.GrowingAdapterMethod):
             config.modules_to_save,
             make_layer,
             self.regularizer,
+            wrap=heads,
         )
         store.commit()
         model.add_module(STORE_NAME, store)
@@ -853,6 +856,7 @@ class TriAdaptLoRA(growing.GrowingAdapterMethod):
                 global_step,
                 config.total_step,
                 name=f"triadapt@{global_step}",
+                template=growing.adapter_parameters(model),
             )
         info.state["events"] += 1
         return {
@@ -870,12 +874,18 @@ class TriAdaptLoRA(growing.GrowingAdapterMethod):
     def store(model: nn.Module) -> TriAdaptBlocks:
         return model.get_submodule(STORE_NAME)
 
-    def save(self, model: nn.Module, directory: str) -> None:
+    def layout_extra(self, model: nn.Module) -> dict:
         # which event made each block: a resumed run rebuilds the same event tensors, so the saved
         # optimizer state (one entry per event tensor) loads onto the right values
         store, layers = self.store(model), growing.adapter_layers(model)
-        events = {name: [b.event for b in store.blocks[layer.slot]] for name, layer in layers.items()}
-        growing.save_adapter(model, directory, extra={"block_events": events})
+        return {
+            "block_events": {
+                name: [b.event for b in store.blocks[layer.slot]] for name, layer in layers.items()
+            }
+        }
+
+    def batch(self, model: nn.Module):
+        return self.store(model).session()
 
     def merge(self, model: nn.Module) -> None:
         with self.store(model).session():
@@ -928,3 +938,39 @@ class TriAdaptLoRA(growing.GrowingAdapterMethod):
             # a loaded adapter is used, not trained on: the schedule's dry-run warning would be noise
             warnings.filterwarnings("ignore", message="triadapt: the schedule")
             return growing.load_adapter(self, base_model, directory)
+
+
+# ---------------------------------------------------------------------------------------------------
+# peft tuner (src/methods/peft_tuner.py): get_peft_model(model, TriAdaptLoraConfig(...))
+# ---------------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class TriAdaptLoraConfig(peft_tuner.GrowingPeftConfig, PeftConfig, TriAdaptConfig):
+    """TriAdaptLoRA as a peft config: every field of ``TriAdaptConfig`` plus the grown layout.
+
+    Set ``target_modules``, ``total_step`` (the optimizer steps T of the run, as for peft's AdaLoRA)
+    and ``modules_to_save`` for a task head. ``rank_pattern`` (module -> block sizes) and
+    ``block_events`` (module -> the allocation event of each block) are filled by the tuner as the
+    adapter grows and written by ``save_pretrained``; leave them None for a new adapter.
+    """
+
+    rank_pattern: dict | None = None
+    block_events: dict | None = None
+
+    method_config_class: ClassVar[type] = TriAdaptConfig
+    layout_fields: ClassVar[tuple[str, ...]] = ("block_events",)
+
+    def __post_init__(self):
+        PeftConfig.__post_init__(self)
+        self.peft_type = PeftType.TRIADAPTLORA
+        TriAdaptConfig.__post_init__(self)
+
+
+class TriAdaptLoraModel(peft_tuner.GrowingTuner):
+    """The peft tuner model: this module's layers and ``TriAdaptBlocks`` storage, grown by
+    ``update_and_allocate`` (or ``src.methods.RankGrowthCallback`` in a Trainer)."""
+
+    prefix = "triadapt_"
+    method_name = "triadapt"
+
+
+peft_tuner.register("triadaptlora", TriAdaptLoraConfig, TriAdaptLoraModel)

@@ -1,0 +1,270 @@
+"""The growing methods as peft tuners: config, layer and model, registered with peft by name.
+
+peft has no rank-growth method, and its tuners build their layers once. Here the layer is this
+codebase's ``AdapterLinear`` (a peft ``BaseTunerLayer``), the model is ``GrowingTuner`` (a peft
+``BaseTuner``) that injects a method's layers and storage exactly as ``src.train`` does, and the
+config is a ``PeftConfig`` that also carries the grown shapes (``rank_pattern`` plus what each method
+needs to rebuild its layout), so ``save_pretrained`` / ``PeftModel.from_pretrained`` round-trip a
+grown adapter. Importing ``src.methods`` registers ``triadaptlora`` and ``increlora`` with peft.
+
+Growth needs the optimizer: ``GrowingTuner.update_and_allocate(step, optimizer, lr_scheduler)`` in a
+custom loop, or ``RankGrowthCallback`` in a ``transformers.Trainer`` (it calls the former at the
+spec's point of the HF loop, §1.4).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+from aenum import extend_enum
+from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
+from peft.utils import PeftType
+from peft.utils.other import AuxiliaryTrainingWrapper, set_additional_trainable_modules
+from peft.utils.peft_types import register_peft_method
+from torch import nn
+from transformers import TrainerCallback
+
+from src.methods import growing
+from src.methods.base import METHODS
+
+
+class GrowingPeftConfig:
+    """What the two methods' ``PeftConfig`` classes share (mixed in before the method's dataclass).
+
+    Every field of the method's own config (``method_config_class``) is a field here, plus
+    ``rank_pattern`` (module -> block sizes, in creation order) and the method's layout fields
+    (``layout_fields``); those are None for a fresh adapter and kept current by the tuner.
+    """
+
+    method_config_class: ClassVar[type]
+    layout_fields: ClassVar[tuple[str, ...]] = ()
+
+    def method_config(self):
+        """The harness's config dataclass with this config's values (validated again)."""
+        names = [f.name for f in dataclasses.fields(self.method_config_class)]
+        return self.method_config_class(**{n: getattr(self, n) for n in names})
+
+    @classmethod
+    def from_method_config(cls, config, **fields: Any):
+        """The peft config of a harness config dataclass (``src.train``'s path into the tuner)."""
+        return cls(**dataclasses.asdict(config), **fields)
+
+    def layout(self) -> dict:
+        return {"rank_pattern": self.rank_pattern, **{f: getattr(self, f) for f in self.layout_fields}}
+
+
+def register(name: str, config_cls: type, model_cls: type) -> None:
+    """Register a method with peft; idempotent. ``PeftType`` lists peft's own methods only, so the
+    name is added to it first (aenum's ``extend_enum``; the stdlib enum cannot grow)."""
+    from peft.mapping import (
+        PEFT_TYPE_TO_CONFIG_MAPPING,
+        PEFT_TYPE_TO_PREFIX_MAPPING,
+        PEFT_TYPE_TO_TUNER_MAPPING,
+    )
+
+    key = name.upper()
+    if key not in PeftType.__members__:
+        extend_enum(PeftType, key, key)
+    peft_type = PeftType[key]
+    if peft_type in PEFT_TYPE_TO_CONFIG_MAPPING:  # a re-import: point peft at the current classes
+        PEFT_TYPE_TO_CONFIG_MAPPING[peft_type] = config_cls
+        PEFT_TYPE_TO_TUNER_MAPPING[peft_type] = model_cls
+        PEFT_TYPE_TO_PREFIX_MAPPING[peft_type] = model_cls.prefix
+        return
+    register_peft_method(name=name, config_cls=config_cls, model_cls=model_cls, prefix=model_cls.prefix)
+
+
+class GrowingTuner(BaseTuner):
+    """A peft tuner model around one of this codebase's growing methods (``method_name``).
+
+    One adapter per model: the allocator's state and TriAdaptLoRA's storage are per model. The
+    method's own machinery does the work (src/methods/growing.py and the method's module), on the
+    wrapped model ``self.model``, so the rank pattern names modules as the base model does.
+    """
+
+    method_name: ClassVar[str]
+    tuner_layer_cls = growing.AdapterLinear
+    target_module_mapping: ClassVar[dict] = {}
+    uses_shared_state = True  # TriAdaptLoRA's storage; peft's inject_adapter_in_model refuses such tuners
+
+    @property
+    def method(self) -> growing.GrowingAdapterMethod:
+        return METHODS[self.method_name]()
+
+    @property
+    def config(self) -> GrowingPeftConfig:
+        return self.peft_config[self.active_adapters[0]]
+
+    # -- injection --------------------------------------------------------------------------------
+    def _prepare_adapter_config(self, peft_config, model_config):
+        return peft_config
+
+    @staticmethod
+    def _check_target_module_exists(peft_config, key: str) -> bool:
+        return any(key == t or key.endswith("." + t) for t in peft_config.target_modules)
+
+    def _create_and_replace(self, *args, **kwargs):
+        raise NotImplementedError("growing tuners inject every layer at once (inject_adapter)")
+
+    def inject_adapter(
+        self, model: nn.Module, adapter_name: str, autocast_adapter_dtype: bool = True, **kwargs
+    ) -> None:
+        if len(self.peft_config) > 1 or hasattr(model, growing.INFO_ATTR):
+            raise ValueError(
+                f"{type(self).__name__} holds one adapter per model; load the second one into a fresh "
+                "copy of the base model"
+            )
+        config = self.peft_config[adapter_name]
+        method = self.method
+        method.inject(model, config.method_config(), heads=False)  # heads: peft's modules_to_save
+        if config.rank_pattern is not None:  # a saved adapter: grow to its shapes, then its weights load
+            growing.restore_layout(method, model, config.layout())
+        info = growing.get_info(model)
+        self.targeted_module_names = list(info.targets)
+        if config.inference_mode:
+            for p in growing.adapter_parameters(model):
+                p.requires_grad_(False)
+        set_additional_trainable_modules(
+            model=model,
+            peft_config=config,
+            model_config=BaseTuner.get_model_config(self),
+            adapter_name=adapter_name,
+            activate_adapter=True,
+        )
+        self._sync_config()
+
+    def _sync_config(self) -> None:
+        """Write the live shapes into the config, so ``save_pretrained`` saves what is trained."""
+        for key, value in self.method.layout(self.model).items():
+            setattr(self.config, key, value)
+
+    # -- growth -----------------------------------------------------------------------------------
+    @property
+    def allocator_timing(self) -> str:
+        """ "after_step" or "before_step": where in an optimizer step the allocator runs (spec §1.4)."""
+        return self.config.allocator_timing
+
+    def update_and_allocate(self, global_step: int, optimizer=None, lr_scheduler=None) -> dict | None:
+        """Run the allocator for optimizer step ``global_step`` (1-based: the step being taken).
+
+        Call it once per optimizer step, with gradients still in place: after ``optimizer.step()``
+        (``allocator_timing`` "after_step", the default) or just before it ("before_step"). On an
+        allocation event it adds the new tensors to ``optimizer`` as one new param group and
+        registers that group with ``lr_scheduler`` (a ``LambdaLR``, e.g. transformers' linear
+        schedule), and returns a record of the event; otherwise None. Without an optimizer the new
+        tensors are created but nothing trains them.
+        """
+        event = self.method.step(self.model, optimizer, lr_scheduler, global_step)
+        if event is not None:
+            self._sync_config()
+        return event
+
+    def budget(self) -> dict:
+        """Trainable counts, effective parameters, total rank and rank pattern (spec §1.5)."""
+        return self.method.budget(self.model)
+
+    # -- enable, merge, unload --------------------------------------------------------------------
+    def _enable_adapter_layers(self, enabled: bool = True) -> None:
+        info = growing.get_info(self.model)
+        with self.method.batch(self.model):
+            for module in self.model.modules():
+                if isinstance(module, growing.AdapterLinear) and not enabled and module.merged:
+                    module.unmerge()  # a disabled layer computes the base function
+                if isinstance(module, (BaseTunerLayer, AuxiliaryTrainingWrapper)):
+                    module.enable_adapters(enabled)
+        info.disabled = not enabled
+
+    def merge_adapter(self, adapter_names=None, safe_merge: bool = False) -> None:
+        with self.method.batch(self.model):
+            super().merge_adapter(adapter_names=adapter_names, safe_merge=safe_merge)
+
+    def unmerge_adapter(self) -> None:
+        with self.method.batch(self.model):
+            super().unmerge_adapter()
+
+    def _unload_and_optionally_merge(self, merge: bool = True, **kwargs) -> nn.Module:
+        if merge and any(layer.merged for layer in growing.adapter_layers(self.model).values()):
+            kwargs = {**kwargs, "adapter_names": []}  # already merged: unload only
+            merge = False
+        with self.method.batch(self.model):
+            model = super()._unload_and_optionally_merge(merge=merge, **kwargs)
+        growing.detach_adapter(model)
+        return model
+
+    def _replace_module(self, parent, child_name, new_module, child) -> None:
+        # unloading puts back a layer's own base layer or a head's trained copy: modules already on
+        # their device with their weights (peft's version copies .weight, which a pooler lacks)
+        setattr(parent, child_name, new_module)
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        raise NotImplementedError(f"{type(self).__name__} holds one adapter; use unload() to remove it")
+
+    # -- state dict: the layers write per-block keys under their own names, without adapter names --
+    @classmethod
+    def _get_adapter_state_dict(cls, model, config, adapter_name, state_dict, unwanted_adapter_names):
+        layers = growing.adapter_layers(model)
+        return {k: v for k, v in state_dict.items() if growing.in_adapter(k, layers)}
+
+    @classmethod
+    def _remove_adapter_name_from_key(cls, key: str, adapter_name: str) -> str:
+        return key
+
+    @classmethod
+    def _remap_adapter_state_dict_for_load(cls, model, config, adapter_name, state_dict):
+        """Identity, after a strict check: a file whose adapter tensors are not exactly the model's
+        would otherwise load partly and leave the rest at their initial values."""
+        layers = growing.adapter_layers(model)
+        expected = {k for k in model.state_dict() if growing.in_adapter(k, layers)}
+        missing = sorted(expected - set(state_dict))
+        unexpected = sorted(k for k in state_dict if k not in expected and growing.in_adapter(k, layers))
+        if missing or unexpected:
+            raise ValueError(
+                f"the adapter weights do not match the model's adapter: missing {missing[:3]}, unexpected "
+                f"{unexpected[:3]}; is adapter_config.json's rank_pattern the one saved with them?"
+            )
+        return state_dict
+
+
+def growing_tuner(model: nn.Module) -> GrowingTuner:
+    """The ``GrowingTuner`` inside ``model`` (a ``PeftModel``, or the tuner itself)."""
+    for candidate in (model, getattr(model, "base_model", None), getattr(model, "module", None)):
+        if isinstance(candidate, GrowingTuner):
+            return candidate
+        inner = getattr(candidate, "base_model", None)
+        if isinstance(inner, GrowingTuner):
+            return inner
+    raise ValueError(
+        f"{type(model).__name__} holds no growing adapter; build it with "
+        "peft.get_peft_model(model, TriAdaptLoraConfig(...)) or IncreLoraConfig(...)"
+    )
+
+
+class RankGrowthCallback(TrainerCallback):
+    """Runs a growing tuner's allocator in a ``transformers.Trainer``; nothing else is needed.
+
+    HF's order in one optimizer step (spec §1.4): clip -> ``on_pre_optimizer_step`` ->
+    ``optimizer.step()`` -> ``on_optimizer_step`` -> scheduler step -> ``zero_grad()``. The callback
+    calls ``update_and_allocate`` in whichever of the two the config's ``allocator_timing`` names, on
+    the Trainer's own optimizer and LR scheduler. Events are kept in ``self.events``.
+    """
+
+    def __init__(self):
+        self.events: list[dict] = []
+
+    def on_pre_optimizer_step(
+        self, args, state, control, model=None, optimizer=None, lr_scheduler=None, **kwargs
+    ):
+        self._maybe_allocate("before_step", state, model, optimizer, lr_scheduler)
+
+    def on_optimizer_step(
+        self, args, state, control, model=None, optimizer=None, lr_scheduler=None, **kwargs
+    ):
+        self._maybe_allocate("after_step", state, model, optimizer, lr_scheduler)
+
+    def _maybe_allocate(self, timing: str, state, model, optimizer, lr_scheduler) -> None:
+        tuner = growing_tuner(model)
+        if tuner.allocator_timing == timing:
+            event = tuner.update_and_allocate(state.global_step + 1, optimizer, lr_scheduler)
+            if event is not None:
+                self.events.append(event)
