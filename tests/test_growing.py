@@ -64,7 +64,7 @@ class Block(growing.GrowingAdapterMethod):
     name = "block"
     config_class = BlockConfig
 
-    def apply(self, model, config):
+    def inject(self, model, config, heads=True):
         def reg(m):
             return (
                 None
@@ -95,7 +95,7 @@ class Net(nn.Module):
 
 
 def test_injection_freezes_wraps_and_reports_budget():
-    model = Block().apply(Net(), BlockConfig(rank=2))
+    model = Block().inject(Net(), BlockConfig(rank=2))
     assert isinstance(model.body, BlockLinear) and isinstance(model.head, growing.HeadWrapper)
     assert model.head.output_dim == 3  # attribute reads reach the trained copy
     assert model.body.weight is model.body.base_layer.weight
@@ -112,16 +112,16 @@ def test_bad_targets_leave_the_model_untouched_and_double_apply_raises():
     with pytest.raises(ValueError, match="no module"):
         growing.prepare_model(net, "block", BlockConfig(), ["nothing"], [], lambda n, lin: BlockLinear(lin))
     assert all(p.requires_grad for p in net.parameters())
-    model = Block().apply(net, BlockConfig())
+    model = Block().inject(net, BlockConfig())
     with pytest.raises(ValueError, match="already"):
-        Block().apply(model, BlockConfig())
+        Block().inject(model, BlockConfig())
     with pytest.raises(ValueError, match="matches no module"):
         growing.wrap_heads(Net(), ["classifier"])
 
 
 def test_regulariser_hook_on_dict_and_tuple_outputs():
     x, y = torch.randn(4, 6), torch.tensor([0, 1, 2, 0])
-    model = Block().apply(Net(), BlockConfig(gamma=0.5))
+    model = Block().inject(Net(), BlockConfig(gamma=0.5))
     model.train()
     loss = model(x, labels=y)["loss"]
     with growing.disable_adapter(model):
@@ -133,7 +133,7 @@ def test_regulariser_hook_on_dict_and_tuple_outputs():
     model.eval()
     task_loss = nn.functional.cross_entropy(model(x)["logits"], y)
     assert torch.allclose(loss - task_loss, delta, atol=1e-6)
-    tuple_model = Block().apply(Net(as_tuple=True), BlockConfig(gamma=0.5))
+    tuple_model = Block().inject(Net(as_tuple=True), BlockConfig(gamma=0.5))
     tuple_model.train()
     with pytest.raises(ValueError, match="return_dict"):
         tuple_model(x, labels=y)
@@ -141,7 +141,7 @@ def test_regulariser_hook_on_dict_and_tuple_outputs():
 
 def test_merge_save_load_roundtrip(tmp_path):
     x = torch.randn(4, 6)
-    model = Block().apply(Net(), BlockConfig()).eval()
+    model = Block().inject(Net(), BlockConfig()).eval()
     model.body.grow(2)
     expected = model(x)["logits"]
     Block().save(model, str(tmp_path))
@@ -152,7 +152,7 @@ def test_merge_save_load_roundtrip(tmp_path):
     with pytest.raises(RuntimeError, match="merged"):
         Block().save(loaded, str(tmp_path / "merged"))
     with pytest.warns(UserWarning):
-        Block().unmerge(Block().apply(Net(), BlockConfig()))
+        Block().unmerge(Block().inject(Net(), BlockConfig()))
     plain = Block().merge_and_unload(loaded)
     assert type(plain.body) is nn.Linear and type(plain.head) is nn.Sequential
     assert torch.allclose(plain(x)["logits"], expected, atol=1e-6)
@@ -160,7 +160,7 @@ def test_merge_save_load_roundtrip(tmp_path):
 
 @pytest.mark.parametrize("policy", ["follow", "restart_warmup", "static"])
 def test_add_param_group_copies_decay_and_schedules(policy):
-    model = Block().apply(Net(), BlockConfig())
+    model = Block().inject(Net(), BlockConfig())
     opt = torch.optim.AdamW(Block().param_groups(model, 1e-2, 0.05), betas=(0.7, 0.9))
     sched = GroupLambdaLR(opt, linear_warmup_decay(4, 20))
     for _ in range(6):
@@ -175,7 +175,7 @@ def test_add_param_group_copies_decay_and_schedules(policy):
 
 
 def test_add_param_group_errors():
-    model = Block().apply(Net(), BlockConfig())
+    model = Block().inject(Net(), BlockConfig())
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad])
     with pytest.raises(ValueError, match="decay"):
         growing.add_param_group(opt, None, model.body.grow(1), "follow", 1, 10)
@@ -189,7 +189,7 @@ def test_add_param_group_errors():
 
 
 def test_disable_adapter_is_a_context_manager_that_restores_state():
-    model = Block().apply(Net(), BlockConfig())
+    model = Block().inject(Net(), BlockConfig())
     ctx = Block().disable_adapter(model)
     assert isinstance(ctx, contextlib.AbstractContextManager)
     with pytest.raises(KeyError), ctx:

@@ -96,7 +96,7 @@ def adapted(kind: str = "toy", seed: int = 0, **kw):
     method = IncreLoRA()
     base = ToyMLP(seed) if kind == "toy" else deberta(seed)
     config = toy_config(**kw) if kind == "toy" else deberta_config(**kw)
-    return method, method.apply(base, config)
+    return method, method.inject(base, config)  # the layers and allocator, without peft's wrapper
 
 
 def make_optim(method, model, lr=1e-2, warmup=2, total=20):

@@ -127,7 +127,7 @@ def adapt(base, config, seed=0):
     torch.manual_seed(seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # short test schedules trip the dry-run warning on purpose
-        return TriAdaptLoRA().apply(base, config)
+        return TriAdaptLoRA().inject(base, config)  # the layers and allocator, without peft's wrapper
 
 
 def train(method, model, batch, steps, lr=1e-2, wd=0.0, start=1, grow=True):
@@ -819,13 +819,16 @@ def test_static_keeps_default_lr():
     assert sched.get_last_lr()[:2] == [0.0, 0.0]
 
 
-def test_unscheduled_optimizer_is_rejected():
+def test_lambda_schedulers_get_new_groups_and_others_are_rejected():
     method = TriAdaptLoRA()
     model = adapt(MLP(), mlp_config(init_warmup=1, incre_interval=1))
     opt = torch.optim.AdamW(method.param_groups(model, 1e-3, 0.0))
     plain = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
-    with pytest.raises(TypeError, match="GroupLambdaLR"):
-        method.step(model, opt, plain, 2)
+    method.step(model, opt, plain, 2)  # any LambdaLR (transformers' schedules) gets the new group
+    assert len(plain.lr_lambdas) == len(plain.base_lrs) == len(opt.param_groups) == 3
+    unscheduled = torch.optim.lr_scheduler.StepLR(opt, 10)
+    with pytest.raises(TypeError, match="LambdaLR"):
+        method.step(model, opt, unscheduled, 3)
 
 
 # ---------------------------------------------------------------------------------------------------

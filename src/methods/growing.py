@@ -29,8 +29,9 @@ import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import peft
 import torch
-from peft.tuners.tuners_utils import BaseTunerLayer
+from peft.tuners.tuners_utils import BaseTuner, BaseTunerLayer
 from peft.utils.other import AuxiliaryTrainingWrapper
 from safetensors.torch import load_file, save_file
 from torch import nn
@@ -46,6 +47,10 @@ NEW_PARAMS_LR = ("follow", "restart_warmup", "static")
 # where the HF loop runs the allocator (spec §1.4): on_optimizer_step, or on_pre_optimizer_step,
 # where both references allocate (weights read before update t)
 ALLOCATOR_TIMINGS = ("after_step", "before_step")
+
+
+class ScheduleWarning(UserWarning):
+    """The allocation schedule cannot reach the budget in the run (irrelevant to a loaded adapter)."""
 
 
 def random_scores(seed: int | None, event: int, n: int) -> list[float]:
@@ -255,8 +260,28 @@ class AdapterInfo:
 INFO_ATTR = "adapter_info"
 
 
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model the adapter layers live in: a ``PeftModel``'s or tuner's wrapped model, else ``model``.
+
+    Everything below reads module names relative to it, so a rank pattern names modules as the base
+    model does whether or not peft wraps it.
+    """
+    if isinstance(model, peft.PeftModel):
+        model = model.base_model
+    if isinstance(model, BaseTuner):
+        model = model.model
+    return model
+
+
+def tuner_of(model: nn.Module) -> BaseTuner | None:
+    """The peft tuner of a ``PeftModel`` (or the tuner itself); None for a model injected directly."""
+    if isinstance(model, peft.PeftModel):
+        model = model.base_model
+    return model if isinstance(model, BaseTuner) else None
+
+
 def get_info(model: nn.Module) -> AdapterInfo:
-    info = getattr(model, INFO_ATTR, None)
+    info = getattr(unwrap(model), INFO_ATTR, None)
     if not isinstance(info, AdapterInfo):
         raise ValueError(
             f"{type(model).__name__} carries no adapter; pass the model returned by method.apply() "
@@ -267,19 +292,19 @@ def get_info(model: nn.Module) -> AdapterInfo:
 
 def adapter_layers(model: nn.Module) -> dict[str, AdapterLinear]:
     """Adapter layers by qualified name, in module order (the order that breaks score ties)."""
-    return {name: m for name, m in model.named_modules() if isinstance(m, AdapterLinear)}
+    return {name: m for name, m in unwrap(model).named_modules() if isinstance(m, AdapterLinear)}
 
 
 def head_wrappers(model: nn.Module) -> dict[str, HeadWrapper]:
-    return {name: m for name, m in model.named_modules() if isinstance(m, HeadWrapper)}
+    return {name: m for name, m in unwrap(model).named_modules() if isinstance(m, HeadWrapper)}
 
 
 def peft_heads(model: nn.Module) -> dict[str, nn.Module]:
-    return {name: m for name, m in model.named_modules() if isinstance(m, AuxiliaryTrainingWrapper)}
+    return {name: m for name, m in unwrap(model).named_modules() if isinstance(m, AuxiliaryTrainingWrapper)}
 
 
 def storage_modules(model: nn.Module) -> dict[str, SharedAdapterStorage]:
-    return {name: m for name, m in model.named_modules() if isinstance(m, SharedAdapterStorage)}
+    return {name: m for name, m in unwrap(model).named_modules() if isinstance(m, SharedAdapterStorage)}
 
 
 def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -514,6 +539,7 @@ def add_param_group(
 
 def budget_report(model: nn.Module, target_total_rank: int | None) -> dict:
     """The §1.5 keys. Raises if a trainable parameter is neither adapter, spare nor head."""
+    model = unwrap(model)
     layers, heads, stores = adapter_layers(model), head_wrappers(model), storage_modules(model)
     spare_ids = {id(p) for layer in layers.values() for p in layer.spare_parameters()}
     adapter = spare = head = 0
@@ -561,6 +587,7 @@ def in_adapter(param_name: str, layers: dict[str, nn.Module]) -> bool:
 
 def adapter_parameters(model: nn.Module) -> list[nn.Parameter]:
     """The adapter's own tensors: the layers' (not their base layers') and the shared storage's."""
+    model = unwrap(model)
     layers, stores = adapter_layers(model), storage_modules(model)
     return [p for n, p in model.named_parameters() if in_adapter(n, {**layers, **stores})]
 
@@ -620,7 +647,7 @@ def load_adapter(method, base_model: nn.Module, directory: str) -> nn.Module:
     if saved_base and current and saved_base != current:
         warnings.warn(f"adapter was trained on {saved_base!r}, loading onto {current!r}", stacklevel=2)
     config = method.make_config(meta["config"])  # names unknown fields instead of a bare TypeError
-    model = method.apply(base_model, config)
+    model = method.inject(base_model, config)
     restore_adapter(method, model, meta, directory)
     return model
 
@@ -685,9 +712,14 @@ def load_adapter_state(model: nn.Module, state: dict[str, torch.Tensor]) -> None
 class GrowingAdapterMethod(AdapterMethod):
     """``AdapterMethod`` whose budget, save/load, merge and disable come from this module.
 
-    Subclasses implement ``apply`` (via ``prepare_model``), ``regularizer`` and ``step``, and keep
-    ``target_total_rank`` in ``model.adapter_info.state`` for the budget report.
+    ``apply`` wraps the model in peft: ``get_peft_model`` with the method's ``peft_config_class``,
+    whose tuner (src/methods/peft_tuner.py) calls ``inject`` and, at each optimizer step,
+    ``grow_step``. Subclasses implement ``inject`` (via ``prepare_model``), ``regularizer`` and
+    ``grow_step``, and keep ``target_total_rank`` in ``model.adapter_info.state`` for the budget
+    report. Every method here also takes a model injected directly (``inject``), as unit tests do.
     """
+
+    peft_config_class: type  # set by the method's module once its peft config class exists
 
     def restore_blocks(self, model: nn.Module, pattern: dict[str, list[int]], meta: dict) -> None:
         """Grow a freshly injected model to the saved (checked) rank pattern, shapes only."""
@@ -701,10 +733,21 @@ class GrowingAdapterMethod(AdapterMethod):
     def inject(self, model: nn.Module, config, heads: bool = True) -> nn.Module:
         """Freeze ``model`` and inject the layers (and storage, hooks, allocator state) in place;
         ``heads=False`` leaves the task heads to the caller (peft's ``modules_to_save``)."""
-        raise NotImplementedError
+        raise NotImplementedError(f"{type(self).__name__} must define inject()")
+
+    def grow_step(self, model: nn.Module, optimizer, lr_scheduler, global_step: int) -> dict | None:
+        """The allocator at optimizer step ``global_step``, on the model the layers live in."""
+        return None
 
     def apply(self, model: nn.Module, config) -> nn.Module:
-        return self.inject(model, config)
+        return peft.get_peft_model(model, self.peft_config_class.from_method_config(config))
+
+    def step(self, model, optimizer, lr_scheduler, global_step: int) -> dict | None:
+        event = self.grow_step(unwrap(model), optimizer, lr_scheduler, global_step)
+        tuner = tuner_of(model)
+        if event is not None and tuner is not None:
+            tuner.sync_config()  # the peft config's rank_pattern follows the growth
+        return event
 
     def layout_extra(self, model: nn.Module) -> dict:
         """What a saved adapter needs besides the rank pattern to rebuild this model's shapes."""
@@ -728,24 +771,68 @@ class GrowingAdapterMethod(AdapterMethod):
     def budget(self, model: nn.Module) -> dict:
         return budget_report(model, get_info(model).state.get("target_total_rank"))
 
+    # -- persistence: peft's format through the tuner; this module's own for a directly injected model
     def save(self, model: nn.Module, directory: str) -> None:
-        save_adapter(model, directory, extra=self.layout_extra(model))
+        if tuner_of(model) is None:
+            save_adapter(model, directory, extra=self.layout_extra(model))
+        else:
+            model.save_pretrained(directory)
 
     def load(self, base_model: nn.Module, directory: str) -> nn.Module:
-        return load_adapter(self, base_model, directory)
+        meta = read_adapter_config(directory)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ScheduleWarning)  # a loaded adapter is used, not trained
+            if "peft_type" not in meta:  # written by save_adapter (a directly injected model)
+                return load_adapter(self, base_model, directory)
+            expected = self.peft_config_class.__name__
+            config = peft.PeftConfig.from_pretrained(directory)
+            if type(config) is not self.peft_config_class:
+                raise ValueError(f"{directory!r} holds a {meta['peft_type']} adapter, not a {expected}")
+            return peft.PeftModel.from_pretrained(base_model, directory, config=config)
 
     def load_checkpoint(self, model: nn.Module, directory: str) -> None:
-        restore_adapter(self, model, read_adapter_config(directory), directory)
+        tuner = tuner_of(model)
+        if tuner is None:
+            restore_adapter(self, model, read_adapter_config(directory), directory)
+        else:
+            restore_layout(self, unwrap(model), read_adapter_config(directory), directory)
+            tuner.sync_config()
+            path = os.path.join(directory, WEIGHTS_FILE)
+            if not os.path.isfile(path):
+                raise FileNotFoundError(
+                    f"{directory!r} has no {WEIGHTS_FILE}; it is not a training checkpoint"
+                )
+            result = peft.set_peft_model_state_dict(model, load_file(path))
+            if result.unexpected_keys:
+                raise ValueError(
+                    f"checkpoint {directory!r} has keys the model lacks: {result.unexpected_keys[:3]}"
+                )
         self._load_training_state_file(model, directory)
 
     def merge(self, model: nn.Module) -> None:
-        merge(model)
+        tuner = tuner_of(model)
+        if tuner is not None:
+            tuner.merge_adapter()
+            return
+        with self.batch(model):
+            merge(model)
 
     def unmerge(self, model: nn.Module) -> None:
-        unmerge(model)
+        tuner = tuner_of(model)
+        if tuner is not None:
+            tuner.unmerge_adapter()
+            return
+        with self.batch(model):
+            unmerge(model)
 
     def merge_and_unload(self, model: nn.Module) -> nn.Module:
+        if tuner_of(model) is not None:
+            return model.merge_and_unload()
+        with self.batch(model):
+            merge(model)
         return merge_and_unload(model)
 
     def disable_adapter(self, model: nn.Module) -> contextlib.AbstractContextManager[None]:
+        if isinstance(model, peft.PeftModel):
+            return model.disable_adapter()
         return disable_adapter(model)

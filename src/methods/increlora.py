@@ -411,6 +411,7 @@ class IncreLoRA(growing.GrowingAdapterMethod):
                     f"IncreLoRA can add at most {capacity} ranks before total_step={config.total_step} "
                     f"but needs {target_total - start} to reach R*={target_total}; the run will end below "
                     f"budget (raise top_h or lower init_warmup / incre_interval)",
+                    growing.ScheduleWarning,
                     stacklevel=2,
                 )
         return model
@@ -447,7 +448,7 @@ class IncreLoRA(growing.GrowingAdapterMethod):
         """Ī·Ū per module (tests replace this to inject scores)."""
         return {name: layer.score for name, layer in self.layers(model).items()}
 
-    def step(self, model, optimizer, lr_scheduler, global_step: int) -> dict | None:
+    def grow_step(self, model, optimizer, lr_scheduler, global_step: int) -> dict | None:
         if not self.growing(model):
             return None
         config = growing.get_info(model).config
@@ -504,6 +505,15 @@ class IncreLoRA(growing.GrowingAdapterMethod):
                 # the activated E leave their spares' groups and start in this event's group
                 _remove_from_groups(optimizer, activated)
                 new_params = activated + new_params
+            elif activated:
+                # an optimizer built from the trainable tensors alone (a stock Trainer's) never held
+                # the frozen spare E: without a group of their own they would not train
+                held = {
+                    id(p)
+                    for g in getattr(optimizer, "optimizer", optimizer).param_groups
+                    for p in g["params"]
+                }
+                new_params = [e for e in activated if id(e) not in held] + new_params
             if new_params:
                 self._check_warmup(config, lr_scheduler)
                 growing.add_param_group(
@@ -618,4 +628,5 @@ class IncreLoraModel(peft_tuner.GrowingTuner):
     method_name = "increlora"
 
 
+IncreLoRA.peft_config_class = IncreLoraConfig
 peft_tuner.register("increlora", IncreLoraConfig, IncreLoraModel)

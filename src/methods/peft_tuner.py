@@ -15,6 +15,7 @@ spec's point of the HF loop, §1.4).
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Any, ClassVar
 
 from aenum import extend_enum
@@ -93,7 +94,9 @@ class GrowingTuner(BaseTuner):
         return METHODS[self.method_name]()
 
     @property
-    def config(self) -> GrowingPeftConfig:
+    def adapter_config(self) -> GrowingPeftConfig:
+        # not ``config``: a PeftModel forwards .config through its tuner to the model's own config,
+        # which transformers code reads (is_encoder_decoder, ...)
         return self.peft_config[self.active_adapters[0]]
 
     # -- injection --------------------------------------------------------------------------------
@@ -117,8 +120,12 @@ class GrowingTuner(BaseTuner):
             )
         config = self.peft_config[adapter_name]
         method = self.method
-        method.inject(model, config.method_config(), heads=False)  # heads: peft's modules_to_save
-        if config.rank_pattern is not None:  # a saved adapter: grow to its shapes, then its weights load
+        loading = config.rank_pattern is not None  # a saved adapter: grow to its shapes, then load
+        with warnings.catch_warnings():
+            if loading:  # its schedule is history: whether it could reach the budget is moot
+                warnings.simplefilter("ignore", growing.ScheduleWarning)
+            method.inject(model, config.method_config(), heads=False)  # heads: peft's modules_to_save
+        if loading:
             growing.restore_layout(method, model, config.layout())
         info = growing.get_info(model)
         self.targeted_module_names = list(info.targets)
@@ -132,18 +139,18 @@ class GrowingTuner(BaseTuner):
             adapter_name=adapter_name,
             activate_adapter=True,
         )
-        self._sync_config()
+        self.sync_config()
 
-    def _sync_config(self) -> None:
+    def sync_config(self) -> None:
         """Write the live shapes into the config, so ``save_pretrained`` saves what is trained."""
         for key, value in self.method.layout(self.model).items():
-            setattr(self.config, key, value)
+            setattr(self.adapter_config, key, value)
 
     # -- growth -----------------------------------------------------------------------------------
     @property
     def allocator_timing(self) -> str:
         """ "after_step" or "before_step": where in an optimizer step the allocator runs (spec §1.4)."""
-        return self.config.allocator_timing
+        return self.adapter_config.allocator_timing
 
     def update_and_allocate(self, global_step: int, optimizer=None, lr_scheduler=None) -> dict | None:
         """Run the allocator for optimizer step ``global_step`` (1-based: the step being taken).
@@ -155,9 +162,9 @@ class GrowingTuner(BaseTuner):
         schedule), and returns a record of the event; otherwise None. Without an optimizer the new
         tensors are created but nothing trains them.
         """
-        event = self.method.step(self.model, optimizer, lr_scheduler, global_step)
+        event = self.method.grow_step(self.model, optimizer, lr_scheduler, global_step)
         if event is not None:
-            self._sync_config()
+            self.sync_config()
         return event
 
     def budget(self) -> dict:
@@ -203,7 +210,7 @@ class GrowingTuner(BaseTuner):
     # -- state dict: the layers write per-block keys under their own names, without adapter names --
     @classmethod
     def _get_adapter_state_dict(cls, model, config, adapter_name, state_dict, unwanted_adapter_names):
-        layers = growing.adapter_layers(model)
+        layers = _layers_by_key(model)
         return {k: v for k, v in state_dict.items() if growing.in_adapter(k, layers)}
 
     @classmethod
@@ -214,8 +221,10 @@ class GrowingTuner(BaseTuner):
     def _remap_adapter_state_dict_for_load(cls, model, config, adapter_name, state_dict):
         """Identity, after a strict check: a file whose adapter tensors are not exactly the model's
         would otherwise load partly and leave the rest at their initial values."""
-        layers = growing.adapter_layers(model)
+        layers = _layers_by_key(model)
         expected = {k for k in model.state_dict() if growing.in_adapter(k, layers)}
+        if not expected:
+            raise ValueError(f"{type(model).__name__} has no growing adapter layers to load weights into")
         missing = sorted(expected - set(state_dict))
         unexpected = sorted(k for k in state_dict if k not in expected and growing.in_adapter(k, layers))
         if missing or unexpected:
@@ -224,6 +233,11 @@ class GrowingTuner(BaseTuner):
                 f"{unexpected[:3]}; is adapter_config.json's rank_pattern the one saved with them?"
             )
         return state_dict
+
+
+def _layers_by_key(model: nn.Module) -> dict[str, growing.AdapterLinear]:
+    """Adapter layers named as ``model``'s state dict names them (a PeftModel's keys are prefixed)."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, growing.AdapterLinear)}
 
 
 def growing_tuner(model: nn.Module) -> GrowingTuner:

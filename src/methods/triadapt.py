@@ -794,6 +794,7 @@ class TriAdaptLoRA(growing.GrowingAdapterMethod):
                 f"triadapt: the schedule reaches total rank {reached} of {target_total} by step "
                 f"{config.total_step} ({len(events)} events); lower init_warmup/incre_interval, raise "
                 "incre_rank_num or train longer",
+                growing.ScheduleWarning,
                 stacklevel=2,
             )
         return model
@@ -822,7 +823,7 @@ class TriAdaptLoRA(growing.GrowingAdapterMethod):
             return growing.random_scores(config.seed, info.state["events"], len(scores))
         return scores
 
-    def step(self, model, optimizer, lr_scheduler, global_step: int) -> dict | None:
+    def grow_step(self, model, optimizer, lr_scheduler, global_step: int) -> dict | None:
         """Allocation hook (spec §5.10 step 5). Returns a log record on events, else None."""
         info = growing.get_info(model)
         config, target_total = info.config, info.state["target_total_rank"]
@@ -872,7 +873,7 @@ class TriAdaptLoRA(growing.GrowingAdapterMethod):
 
     @staticmethod
     def store(model: nn.Module) -> TriAdaptBlocks:
-        return model.get_submodule(STORE_NAME)
+        return growing.unwrap(model).get_submodule(STORE_NAME)
 
     def layout_extra(self, model: nn.Module) -> dict:
         # which event made each block: a resumed run rebuilds the same event tensors, so the saved
@@ -886,19 +887,6 @@ class TriAdaptLoRA(growing.GrowingAdapterMethod):
 
     def batch(self, model: nn.Module):
         return self.store(model).session()
-
-    def merge(self, model: nn.Module) -> None:
-        with self.store(model).session():
-            growing.merge(model)
-
-    def unmerge(self, model: nn.Module) -> None:
-        with self.store(model).session():
-            growing.unmerge(model)
-
-    def merge_and_unload(self, model: nn.Module) -> nn.Module:
-        with self.store(model).session():
-            growing.merge(model)
-        return growing.merge_and_unload(model)
 
     def restore_blocks(self, model: nn.Module, pattern: dict[str, list[int]], meta: dict) -> None:
         """Rebuild the event tensors of the saved run: blocks born at one event share one tensor.
@@ -932,12 +920,6 @@ class TriAdaptLoRA(growing.GrowingAdapterMethod):
         if set(state["norm_prev"]) != set(info.state["norm_prev"]):
             raise ValueError("triadapt checkpoint: norm_prev names other modules than the model's")
         info.state.update(norm_prev=dict(state["norm_prev"]), events=int(state["events"]))
-
-    def load(self, base_model: nn.Module, directory: str) -> nn.Module:
-        with warnings.catch_warnings():
-            # a loaded adapter is used, not trained on: the schedule's dry-run warning would be noise
-            warnings.filterwarnings("ignore", message="triadapt: the schedule")
-            return growing.load_adapter(self, base_model, directory)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -973,4 +955,5 @@ class TriAdaptLoraModel(peft_tuner.GrowingTuner):
     method_name = "triadapt"
 
 
+TriAdaptLoRA.peft_config_class = TriAdaptLoraConfig
 peft_tuner.register("triadaptlora", TriAdaptLoraConfig, TriAdaptLoraModel)
