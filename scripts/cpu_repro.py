@@ -46,17 +46,25 @@ class Chunk:
 
 
 # Issue #20, learning-rate selection: one rule for every method x task. r̄ 8, seed 41, grid {1e-3, 3e-3,
-# 1e-2}; 1e-3 is the fixed-lr study's record (`study: cpu-repro`) except IncreLoRA's, whose defaults
-# changed (released behaviour, issue #19), so its 1e-3 point is run again here. A best LR at an edge
-# adds the next point beyond it (3e-4 or 3e-2) as an extra chunk. The grid has a study of its own.
+# 1e-2}; the grid has a study of its own. Reused records: every 1e-3 point but IncreLoRA's is the
+# fixed-lr study's (`study: cpu-repro`); RTE's 1e-2 points for LoRA, AdaLoRA and TriAdaptLoRA are the
+# earlier single-LR check (`study: cpu-repro-lr1e-2`, same configuration). IncreLoRA's defaults
+# changed (released behaviour, issue #19), so all three of its points are run here. A best LR at an
+# edge of the grid adds the next point beyond it (3e-4 or 3e-2): src/reporting/cpu_repro.py names them.
 LR_STUDY = "cpu-repro-lr"
-LR_GRID = [
-    f"method={METHODS} budget=r8 trainer.learning_rate=3e-3,1e-2 study={LR_STUDY}",
-    f"method=increlora budget=r8 trainer.learning_rate=1e-3 study={LR_STUDY}",
-]
+BASELINES = "lora,adalora,triadapt"
+
+
+def lr_grid(task: str) -> list[str]:
+    rates = "3e-3" if task == "rte" else "3e-3,1e-2"
+    return [
+        f"method={BASELINES} budget=r8 trainer.learning_rate={rates} study={LR_STUDY}",
+        f"method=increlora budget=r8 trainer.learning_rate=1e-3,3e-3,1e-2 study={LR_STUDY}",
+    ]
+
 
 CHUNKS = [
-    *(Chunk(f"lr-{t}", t, "41", LR_GRID) for t in ("rte", "mrpc", "stsb", "cola", "sst2")),
+    *(Chunk(f"lr-{t}", t, "41", lr_grid(t)) for t in ("rte", "mrpc", "stsb", "cola", "sst2")),
     Chunk("rte", "rte", SEEDS_5),
     Chunk("mrpc", "mrpc", SEEDS_5),
     Chunk("stsb", "stsb", SEEDS_3),

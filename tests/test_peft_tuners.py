@@ -114,10 +114,10 @@ torch.save(logits(model), sys.argv[3])
     "method,backbone,options",
     [
         ("triadapt", "deberta", {}),
-        ("increlora", "deberta", {}),
+        pytest.param("increlora", "deberta", {}, marks=pytest.mark.heavy),
         # a stock Trainer's optimizer never held the frozen spare E that "birth" keeps in their group
-        ("increlora", "deberta", {"activated_group": "birth"}),
-        ("triadapt", "llama", {}),
+        pytest.param("increlora", "deberta", {"activated_group": "birth"}, marks=pytest.mark.heavy),
+        pytest.param("triadapt", "llama", {}, marks=pytest.mark.heavy),
     ],
 )
 def test_stock_trainer_grows_and_round_trips(method, backbone, options, tmp_path):
@@ -222,7 +222,7 @@ def test_one_adapter_per_model_and_clear_errors():
         TriAdaptLoraConfig(target_modules=["query_proj"])
 
 
-@pytest.mark.slow
+@pytest.mark.heavy  # pretrained MiniLM in a subprocess: make test-slow (CI runs it too)
 def test_example_script_trains_grows_saves_and_reloads(tmp_path):
     out = tmp_path / "example"
     result = subprocess.run(

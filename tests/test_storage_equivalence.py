@@ -78,7 +78,13 @@ def block_steps(model, opt) -> dict[str, list[int]]:
 
 
 def adapter_tensors(model) -> dict[str, torch.Tensor]:
-    return {k: v.detach().clone() for k, v in growing.adapter_state_dict(model).items()}
+    """Adapter and trained-head tensors under one naming: peft's heads (the tuner's) as the
+    reference's ``HeadWrapper`` names them."""
+    tensors = dict(growing.adapter_state_dict(model))
+    for name, wrapper in growing.peft_heads(model).items():
+        for key, value in wrapper.modules_to_save[wrapper.active_adapters[0]].state_dict().items():
+            tensors[f"{name}.trained_module.{key}"] = value
+    return {k: v.detach().clone() for k, v in tensors.items()}
 
 
 CASES = [("identity", "follow"), ("gaussian", "restart_warmup")]

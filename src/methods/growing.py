@@ -597,6 +597,7 @@ def adapter_parameters(model: nn.Module) -> list[nn.Parameter]:
 # ---------------------------------------------------------------------------------------------------
 def adapter_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """Everything the adapter adds: adapter-layer tensors (not the frozen base) and trained heads."""
+    model = unwrap(model)
     layers = adapter_layers(model)
     state = {}
     for name, tensor in model.state_dict().items():

@@ -163,10 +163,12 @@ class _OrthPenalty(torch.autograd.Function):
     @staticmethod
     def forward(ctx, neg_eyes: list[torch.Tensor], *batches: torch.Tensor) -> torch.Tensor:
         grams, norms = [], []
-        for P, neg_eye in zip(batches, neg_eyes, strict=True):
-            G = torch.baddbmm(neg_eye, P, P.transpose(1, 2))  # P Pᵀ − I in one call
-            grams.append(G)
-            norms.append(torch.linalg.vector_norm(G, dim=(1, 2)))
+        # in the factors' own dtype (fp32) under autocast too: the backward's products must match it
+        with torch.autocast(batches[0].device.type, enabled=False):
+            for P, neg_eye in zip(batches, neg_eyes, strict=True):
+                G = torch.baddbmm(neg_eye, P, P.transpose(1, 2))  # P Pᵀ − I in one call
+                grams.append(G)
+                norms.append(torch.linalg.vector_norm(G, dim=(1, 2)))
         ctx.save_for_backward(*batches, *grams, *norms)
         return torch.cat(norms).sum()
 
