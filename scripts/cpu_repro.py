@@ -43,6 +43,7 @@ class Chunk:
     task: str
     seeds: str
     sweeps: list[str] = field(default_factory=lambda: [f"method={METHODS} budget=r2,r8"])
+    edges: bool = False  # the sweeps are the LR grid's edge points, read from the records at run time
 
 
 # Issue #20, learning-rate selection: one rule for every method x task. r̄ 8, seed 41, grid {1e-3, 3e-3,
@@ -50,7 +51,8 @@ class Chunk:
 # fixed-lr study's (`study: cpu-repro`); RTE's 1e-2 points for LoRA, AdaLoRA and TriAdaptLoRA are the
 # earlier single-LR check (`study: cpu-repro-lr1e-2`, same configuration). IncreLoRA's defaults
 # changed (released behaviour, issue #19), so all three of its points are run here. A best LR at an
-# edge of the grid adds the next point beyond it (3e-4 or 3e-2): src/reporting/cpu_repro.py names them.
+# edge of the grid adds the next point beyond it (3e-4 or 3e-2): the lr-edge-<task> chunks, whose
+# sweeps src/reporting/lr_selection.py reads off the records when they start.
 LR_STUDY = "cpu-repro-lr"
 BASELINES = "lora,adalora,triadapt"
 
@@ -65,6 +67,7 @@ def lr_grid(task: str) -> list[str]:
 
 CHUNKS = [
     *(Chunk(f"lr-{t}", t, "41", lr_grid(t)) for t in ("rte", "mrpc", "stsb", "cola", "sst2")),
+    *(Chunk(f"lr-edge-{t}", t, "41", [], edges=True) for t in ("rte", "mrpc", "stsb", "cola", "sst2")),
     Chunk("rte", "rte", SEEDS_5),
     Chunk("mrpc", "mrpc", SEEDS_5),
     Chunk("stsb", "stsb", SEEDS_3),
@@ -150,6 +153,12 @@ def main(argv: list[str] | None = None) -> int:
     if not args.render_only:
         if not (ROOT / data_dir / "rte").is_dir() and not args.list:
             parser.error(f"--data-dir {args.data_dir} has no rte/ folder; point it at the local GLUE files")
+        for chunk in chosen:
+            if chunk.edges:  # the points past a grid's edge its best score asks for (none while open)
+                from src.reporting.lr_selection import edge_sweeps
+                from src.reporting.tables import load_records
+
+                chunk.sweeps = edge_sweeps(load_records(args.runs)).get(chunk.task, [])
         queue = [(c.name, cmd) for c in chosen for cmd in commands(c, data_dir, args.runs, args.overrides)]
         for _, cmd in queue:
             print("$", " ".join(cmd[1:]), flush=True)

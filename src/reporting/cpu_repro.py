@@ -24,6 +24,7 @@ from matplotlib.figure import Figure
 from scipy import stats
 
 from src.records import atomic_write_text
+from src.reporting import lr_selection
 from src.reporting.figures import group_figures, save
 from src.reporting.tables import (
     DASH,
@@ -624,6 +625,33 @@ def remaining_hours(main: pd.DataFrame) -> tuple[int, float]:
 
 
 # -- the write-up ----------------------------------------------------------------------------------
+def lr_selection_section(records: list[dict]) -> list[str]:
+    """The tuned protocol's first stage (issue #20), while it is under way: the grid and what is left."""
+    selections = lr_selection.grid_points(records)
+    if not any(
+        sel.sources.get(lr) == lr_selection.LR_STUDY for sel in selections.values() for lr in sel.scores
+    ):
+        return []
+    methods = list(METHOD_ORDER)
+    open_cells = [sel for (task, _), sel in selections.items() if task in TASKS and not sel.complete]
+    to_run = sum(len(sel.missing) for sel in open_cells) + sum(
+        len(lr_selection.GRID) for t in TASKS for m in methods if (t, m) not in selections
+    )
+    return [
+        "## Tuned protocol, stage 1: learning-rate selection (under way)",
+        "",
+        "One rule for every method × task (README, *The tuned protocol*): r̄ 8, seed 41, lr ∈ {1e-3, 3e-3, "
+        "1e-2}; a best LR at an edge adds the next point beyond it (3e-4 or 3e-2); the best dev score "
+        "selects, the smaller LR on a tie. † marks a reused record (the fixed-lr study at 1e-3, the earlier "
+        "RTE check at 1e-2, both the same configuration); bold is the selected LR. The main grid at the "
+        f"selected LRs and the random-allocation controls follow once every cell is selected. Points still to "
+        f"run: {to_run}.",
+        "",
+        *lr_selection.selection_table(selections, TASKS, methods),
+        "",
+    ]
+
+
 def render(records: list[dict], figure_names: list[str], startup: dict | None = None) -> str:
     frame = study_frame(records)
     if frame.empty:
@@ -663,6 +691,7 @@ def render(records: list[dict], figure_names: list[str], startup: dict | None = 
         ]
     if ablations_left := ablation_coverage(frame):
         out += [ablations_left, ""]
+    out += lr_selection_section(records)
     out += [
         "## Claims of the paper, checked at this scale",
         "",

@@ -1,0 +1,142 @@
+"""The tuned CPU study's learning-rate selection (issue #20): one rule for every method × task.
+
+At r̄ 8 and seed 41, each method is run at lr ∈ {1e-3, 3e-3, 1e-2}; a best LR at an edge of that grid
+adds the next point beyond it (3e-4 below, 3e-2 above), once; the LR with the best dev score is
+selected, the smaller one on a tie. Pure functions of the run records:
+
+- grid points come from ``study: cpu-repro-lr`` and, for the methods whose configuration did not
+  change, from the fixed-lr study (``cpu-repro``, lr 1e-3) and the earlier RTE check
+  (``cpu-repro-lr1e-2``); IncreLoRA's only from ``cpu-repro-lr`` (its defaults changed, issue #19);
+- ``selection`` says, per task and method, the selected LR or what is still to run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from src.reporting.tables import DEFAULT_AXES
+
+LR_STUDY = "cpu-repro-lr"
+SEED, BUDGET = 41, "r8"
+GRID = (1e-3, 3e-3, 1e-2)
+BEYOND = {1e-3: 3e-4, 1e-2: 3e-2}  # the edge extension: the next point past each end of GRID
+# studies whose records are grid points, and for which methods (None: every method)
+REUSED = ("lora", "adalora", "triadapt")
+SOURCES = {LR_STUDY: None, "cpu-repro": REUSED, "cpu-repro-lr1e-2": REUSED}
+
+
+@dataclass
+class Selection:
+    task: str
+    method: str
+    scores: dict[float, float] = field(default_factory=dict)  # lr -> best dev score ×100
+    sources: dict[float, str] = field(default_factory=dict)  # lr -> study of the record
+    metric: str = ""
+    selected: float | None = None
+    missing: list[float] = field(default_factory=list)  # grid or edge points still to run
+
+    @property
+    def complete(self) -> bool:
+        return self.selected is not None
+
+
+def _is_default(record: dict) -> bool:
+    """The method at its default options: no ablation variant, no random-score control."""
+    method, method_cfg = record.get("method"), (record.get("config") or {}).get("method") or {}
+    if method_cfg.get("score") == "random":
+        return False
+    return all(method_cfg.get(axis, value) == value for axis, value in DEFAULT_AXES.get(method, {}).items())
+
+
+def grid_points(records: list[dict]) -> dict[tuple[str, str], Selection]:
+    """(task, method) -> the grid's scores at seed 41, r̄ 8 (the latest record per point; a point of
+    the grid's own study wins over a reused one)."""
+    chosen: dict[tuple[str, str, float], tuple[int, str, dict]] = {}
+    for r in records:
+        config = r.get("config") or {}
+        study = config.get("study")
+        if study not in SOURCES or r.get("status") != "ok" or not r.get("best"):
+            continue
+        if SOURCES[study] is not None and r.get("method") not in SOURCES[study]:
+            continue
+        if r.get("seed") != SEED or (config.get("budget") or {}).get("name") != BUDGET or not _is_default(r):
+            continue
+        lr = (config.get("trainer") or {}).get("learning_rate")
+        if lr is None:
+            continue
+        lr = float(lr)
+        key = (r["task"], r["method"], lr)
+        rank = (study == LR_STUDY, r.get("finished_at") or "")
+        if key not in chosen or rank > chosen[key][0]:
+            chosen[key] = (rank, study, r)
+    out: dict[tuple[str, str], Selection] = {}
+    for (task, method, lr), (_, study, r) in sorted(chosen.items()):
+        sel = out.setdefault((task, method), Selection(task, method))
+        sel.metric = r["primary_metric"]
+        sel.scores[lr] = 100.0 * r["best"][r["primary_metric"]]
+        sel.sources[lr] = study
+    for sel in out.values():
+        select(sel)
+    return out
+
+
+def select(sel: Selection) -> Selection:
+    """Apply the rule: every grid point first, then the edge point a best-at-the-edge calls for."""
+    sel.missing = [lr for lr in GRID if lr not in sel.scores]
+    sel.selected = None
+    if sel.missing:
+        return sel
+    best = _best(sel.scores, GRID)
+    beyond = BEYOND.get(best)
+    if beyond is not None:
+        if beyond not in sel.scores:
+            sel.missing = [beyond]
+            return sel
+        best = _best(sel.scores, (*GRID, beyond))
+    sel.selected = best
+    return sel
+
+
+def _best(scores: dict[float, float], lrs: tuple[float, ...]) -> float:
+    top = max(scores[lr] for lr in lrs)
+    return min(lr for lr in lrs if scores[lr] == top)  # a tie goes to the smaller LR
+
+
+def edge_sweeps(records: list[dict]) -> dict[str, list[str]]:
+    """task -> Hydra sweep strings for the edge points the rule asks for (none while a grid is open)."""
+    sweeps: dict[str, list[str]] = {}
+    for (task, method), sel in sorted(grid_points(records).items()):
+        edge = [lr for lr in sel.missing if lr not in GRID]
+        if edge:
+            sweeps.setdefault(task, []).append(
+                f"method={method} budget={BUDGET} trainer.learning_rate={edge[0]:g} study={LR_STUDY}"
+            )
+    return sweeps
+
+
+def fmt_lr(lr: float) -> str:
+    return f"{lr:.0e}".replace("e-0", "e-")
+
+
+def selection_table(
+    selections: dict[tuple[str, str], Selection], tasks: list[str], methods: list[str]
+) -> list[str]:
+    lrs = sorted({*GRID, *BEYOND.values()})
+    header = ["task", "method", *map(fmt_lr, lrs), "selected"]
+    rows = []
+    for task in tasks:
+        for method in methods:
+            sel = selections.get((task, method), Selection(task, method, missing=list(GRID)))
+            if not sel.scores:
+                sel.missing = list(GRID)
+            cells = []
+            for lr in lrs:
+                if lr in sel.scores:
+                    mark = "" if sel.sources[lr] == LR_STUDY else "†"
+                    cell = f"{sel.scores[lr]:.2f}{mark}"
+                    cells.append(f"**{cell}**" if lr == sel.selected else cell)
+                else:
+                    cells.append("to run" if lr in sel.missing else "")
+            rows.append([task, method, *cells, fmt_lr(sel.selected) if sel.complete else "open"])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]

@@ -1,0 +1,75 @@
+"""The tuned study's learning-rate rule (src/reporting/lr_selection.py), worked by hand."""
+
+from __future__ import annotations
+
+import pytest
+
+from src.reporting import lr_selection as L
+
+
+def record(task, method, lr, value, study=L.LR_STUDY, seed=41, budget="r8", **method_cfg):
+    return {
+        "run_id": f"{task}-{method}-{lr}-{study}",
+        "status": "ok",
+        "task": task,
+        "method": method,
+        "seed": seed,
+        "primary_metric": "accuracy",
+        "best": {"accuracy": value / 100},
+        "finished_at": "2026-12-01T00:00:00",
+        "config": {
+            "study": study,
+            "budget": {"name": budget},
+            "trainer": {"learning_rate": lr},
+            "method": method_cfg,
+        },
+    }
+
+
+def selection(scores: dict[float, float]) -> L.Selection:
+    return L.select(L.Selection("rte", "lora", scores=dict(scores)))
+
+
+def test_an_open_grid_selects_nothing_and_names_its_missing_points():
+    sel = selection({1e-3: 50.0, 1e-2: 60.0})
+    assert sel.selected is None and sel.missing == [3e-3]
+
+
+def test_an_interior_best_is_selected_and_a_tie_goes_to_the_smaller_lr():
+    assert selection({1e-3: 50.0, 3e-3: 61.0, 1e-2: 60.0}).selected == 3e-3
+    assert selection({1e-3: 50.0, 3e-3: 61.0, 1e-2: 61.0}).selected == 3e-3
+
+
+@pytest.mark.parametrize("edge,beyond", [(1e-3, 3e-4), (1e-2, 3e-2)])
+def test_a_best_at_an_edge_asks_for_the_point_beyond_and_then_selects_over_all_four(edge, beyond):
+    scores = {1e-3: 50.0, 3e-3: 55.0, 1e-2: 50.0, edge: 70.0}
+    sel = selection(scores)
+    assert sel.selected is None and sel.missing == [beyond]
+    assert selection({**scores, beyond: 71.0}).selected == beyond
+    assert selection({**scores, beyond: 69.0}).selected == edge
+    # a tie across the extension still goes to the smaller LR
+    assert selection({**scores, beyond: 70.0}).selected == min(edge, beyond)
+
+
+def test_grid_points_reuse_only_unchanged_methods_default_runs_at_seed_41_r8():
+    records = [
+        record("rte", "lora", 1e-3, 57.0, study="cpu-repro"),  # reused
+        record("rte", "increlora", 1e-3, 52.0, study="cpu-repro"),  # old IncreLoRA defaults: not reused
+        record("rte", "lora", 3e-3, 52.0),
+        record("rte", "lora", 1e-2, 52.0, study="cpu-repro-lr1e-2"),  # reused
+        record("rte", "lora", 3e-3, 99.0, seed=42),  # not the selection seed
+        record("rte", "lora", 3e-3, 99.0, budget="r2"),
+        record("rte", "triadapt", 1e-3, 99.0, study="cpu-repro", schedule="exponential"),  # an ablation
+        record("rte", "triadapt", 1e-3, 99.0, score="random"),  # the control
+    ]
+    points = L.grid_points(records)
+    assert set(points) == {("rte", "lora")}
+    lora = points[("rte", "lora")]
+    assert lora.scores == pytest.approx({1e-3: 57.0, 3e-3: 52.0, 1e-2: 52.0})
+    assert lora.sources[1e-3] == "cpu-repro" and lora.sources[3e-3] == L.LR_STUDY
+    assert lora.missing == [3e-4]  # best at the lower edge
+    assert L.edge_sweeps(records) == {
+        "rte": ["method=lora budget=r8 trainer.learning_rate=0.0003 study=cpu-repro-lr"]
+    }
+    table = "\n".join(L.selection_table(points, ["rte"], ["lora", "increlora"]))
+    assert "57.00†" in table and "| rte | increlora |  | to run | to run | to run |  | open |" in table
