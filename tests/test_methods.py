@@ -182,3 +182,12 @@ def test_unknown_method_lists_choices():
 def test_unknown_method_option_is_named(tiny_backbone):
     with pytest.raises(ValueError, match="no option.*'rank'"):
         get_method("lora").make_config({"rank": 4})
+
+
+@pytest.mark.parametrize("name", METHOD_TABLE)
+def test_dropout_outside_zero_one_is_refused_by_every_method(name, tiny_backbone):
+    method = get_method(name)
+    fields = {**METHOD_TABLE[name][0], "lora_dropout": 1.5}
+    fields.update(target_modules=list(tiny_backbone.target_modules), modules_to_save=HEADS)
+    with pytest.raises(ValueError, match="lora_dropout"):
+        method.make_config(fields, total_step=T, warmup_steps=0)

@@ -53,6 +53,8 @@ class AdaLoRAMethodConfig:
             raise ValueError(f"method.deltaT must be >= 1, got {self.deltaT}")
         if self.orth_reg_weight < 0:
             raise ValueError(f"method.orth_reg_weight must be >= 0, got {self.orth_reg_weight}")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ValueError(f"method.lora_dropout must be in [0, 1), got {self.lora_dropout}")
 
 
 def _forward_through_tuner(self, *args, **kwargs):
