@@ -33,10 +33,12 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 from src.lr_schedule import GroupLambdaLR, linear_warmup_decay  # noqa: E402
-from src.methods import get_method  # noqa: E402
+from src.methods import METHODS, get_method  # noqa: E402
 from src.records import git_state, package_versions  # noqa: E402
 from src.runtime.backbones import load_model, load_tokenizer  # noqa: E402
+from src.runtime.config_schema import check_config  # noqa: E402
 from src.runtime.trainer import make_adamw, training_arguments  # noqa: E402
+from src.schema import ConfigError  # noqa: E402
 from src.tasks import optimizer_steps, prepare_task  # noqa: E402
 
 
@@ -173,7 +175,9 @@ def main() -> None:
     parser.add_argument("--task", default="rte")
     parser.add_argument("--budget", default="r8")
     parser.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data" / "glue"))
-    parser.add_argument("--methods", nargs="+", default=["lora", "adalora", "increlora", "triadapt"])
+    parser.add_argument(
+        "--methods", nargs="+", choices=sorted(METHODS), default=["lora", "adalora", "increlora", "triadapt"]
+    )
     parser.add_argument("--steps", type=int, default=80)
     parser.add_argument("--every", type=int, default=20)
     parser.add_argument("--probe", type=int, default=64, help="dev examples in the probe")
@@ -193,6 +197,13 @@ def main() -> None:
         )
     torch.set_num_threads(args.threads)
     started = time.time()
+    try:  # every method's config first: a bad override is one line, before any model loads
+        for name in args.methods:
+            # no Hydra run here, so no run folder to resolve: the script writes only to --out
+            extra = [*args.overrides, f"paths.output_dir={args.out}"]
+            check_config(protocol(args.task, name, args.budget, args.data_dir, extra))
+    except ConfigError as err:
+        raise SystemExit(f"error: {err}") from None
     rows = [run_method(name, args) for name in args.methods]
     meta = {
         "command": "python scripts/adapter_startup.py " + " ".join(sys.argv[1:]),

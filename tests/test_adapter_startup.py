@@ -29,3 +29,16 @@ def test_startup_diagnostic_measures_how_far_each_adapter_moved_the_encoder(tmp_
         assert r["points"][0]["effect"] == 0.0  # both start function-preserving
         assert r["points"][-1]["effect"] > 0  # two AdamW steps moved the adapter
     assert "| triadapt |" in (tmp_path / "adapter_startup_t.md").read_text()
+
+
+def test_a_bad_override_is_one_line_before_any_model_loads(tmp_path):
+    command = [
+        sys.executable, "scripts/adapter_startup.py", "trainer.learning_rate=abc",
+        "--data-dir", str(DATA), "--out", str(tmp_path), "--methods", "lora",
+    ]  # fmt: skip
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines() == [
+        "error: trainer.learning_rate='abc' is a string; set it to a number"
+    ]
+    assert not list(tmp_path.iterdir())  # nothing written
