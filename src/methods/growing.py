@@ -1,20 +1,26 @@
-"""Infrastructure for the project's own (non-peft) adapter methods: IncreLoRA and TriAdaptLoRA.
+"""What the project's own adapter methods share: IncreLoRA and TriAdaptLoRA.
 
-Both methods grow their factors during training, which peft's layers cannot do, so they share what
-peft would otherwise give them (shared/spec/methods.md §1):
+Both methods grow their factors during training, which peft's layers cannot do. They are peft tuners
+(src/methods/peft_tuner.py: ``get_peft_model`` with their configs), whose layers and machinery live
+here and work on a model injected directly as well (shared/spec/methods.md §1):
 
-- ``AdapterLinear``: wraps a target ``nn.Linear`` unchanged and adds a method-defined branch; knows
-  how to merge itself from its ``delta_weight()``. Subclasses hold the factors.
-- ``HeadWrapper``: trained copy + frozen original of a task head (peft's ``ModulesToSaveWrapper``).
+- ``AdapterLinear``: a peft ``BaseTunerLayer`` that wraps a target ``nn.Linear`` unchanged and adds a
+  method-defined branch; knows how to merge itself from its ``delta_weight()``. Subclasses hold the
+  factors.
+- ``HeadWrapper``: trained copy + frozen original of a task head, for direct injection (the tuners
+  use peft's ``ModulesToSaveWrapper``).
 - ``prepare_model``: freeze, inject, wrap heads, attach the method's extra loss to the forward.
 - ``disable_adapter`` / ``merge`` / ``unmerge`` / ``merge_and_unload``: the §1.7 plumbing.
-- ``save_adapter`` / ``load_adapter``: the §1.6 directory format, rebuilt shapes, strict key check.
+- ``save_adapter`` / ``load_adapter``: the §1.6 directory format of a directly injected model,
+  rebuilt shapes, strict key check (the tuners save with ``save_pretrained``).
 - ``add_param_group``: one optimizer group per allocation event, scheduled per ``new_params_lr``.
 - ``budget_report``: the §1.5 keys from the layers' own counts.
-- ``GrowingAdapterMethod``: the contract's persistence/deployment half, wired to all of the above.
+- ``GrowingAdapterMethod``: the harness contract (src/methods/base.py) through the tuner, wired to
+  all of the above.
 
 Per-model state (method name, config, hook handle) lives on the model as ``model.adapter_info`` so
-that method objects stay stateless (src/methods/base.py).
+that method objects stay stateless (src/methods/base.py); ``unwrap`` finds that model inside a
+``PeftModel``.
 """
 
 from __future__ import annotations
