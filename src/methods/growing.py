@@ -737,10 +737,10 @@ class GrowingAdapterMethod(AdapterMethod):
     def restore_extra(self, model: nn.Module, meta: dict, directory: str) -> None:
         """Rebuild method-specific shapes from the saved config before the strict load (none here)."""
 
+    @abc.abstractmethod
     def inject(self, model: nn.Module, config, heads: bool = True) -> nn.Module:
         """Freeze ``model`` and inject the layers (and storage, hooks, allocator state) in place;
         ``heads=False`` leaves the task heads to the caller (peft's ``modules_to_save``)."""
-        raise NotImplementedError(f"{type(self).__name__} must define inject()")
 
     def grow_step(self, model: nn.Module, optimizer, lr_scheduler, global_step: int) -> dict | None:
         """The allocator at optimizer step ``global_step``, on the model the layers live in."""

@@ -108,7 +108,8 @@ class GrowingTuner(BaseTuner):
         return any(key == t or key.endswith("." + t) for t in peft_config.target_modules)
 
     def _create_and_replace(self, *args, **kwargs):
-        raise NotImplementedError("growing tuners inject every layer at once (inject_adapter)")
+        # peft's per-module injection hook; these tuners inject every layer at once, with one storage
+        raise RuntimeError(f"{type(self).__name__} injects all its layers in inject_adapter, not one by one")
 
     def inject_adapter(
         self, model: nn.Module, adapter_name: str, autocast_adapter_dtype: bool = True, **kwargs
@@ -205,7 +206,7 @@ class GrowingTuner(BaseTuner):
         setattr(parent, child_name, new_module)
 
     def delete_adapter(self, adapter_name: str) -> None:
-        raise NotImplementedError(f"{type(self).__name__} holds one adapter; use unload() to remove it")
+        raise ValueError(f"{type(self).__name__} holds one adapter; use unload() to remove it")
 
     # -- state dict: the layers write per-block keys under their own names, without adapter names --
     @classmethod

@@ -198,6 +198,9 @@ class PerBlockTriAdaptLoRA(growing.GrowingAdapterMethod):
     config_class = TriAdaptConfig
     name = "triadapt"
 
+    def inject(self, model: nn.Module, config: TriAdaptConfig, heads: bool = True) -> nn.Module:
+        return self.apply(model, config)  # the reference injects directly, never through peft
+
     def apply(self, model: nn.Module, config: TriAdaptConfig) -> nn.Module:
         if isinstance(config, dict):
             config = TriAdaptConfig(**config)
