@@ -163,10 +163,7 @@ class GrowingTuner(BaseTuner):
         schedule), and returns a record of the event; otherwise None. Without an optimizer the new
         tensors are created but nothing trains them.
         """
-        event = self.method.grow_step(self.model, optimizer, lr_scheduler, global_step)
-        if event is not None:
-            self.sync_config()
-        return event
+        return self.method.step(self, optimizer, lr_scheduler, global_step)  # grows, then sync_config()
 
     def budget(self) -> dict:
         """Trainable counts, effective parameters, total rank and rank pattern (spec §1.5)."""
@@ -192,9 +189,8 @@ class GrowingTuner(BaseTuner):
             super().unmerge_adapter()
 
     def _unload_and_optionally_merge(self, merge: bool = True, **kwargs) -> nn.Module:
-        if merge and any(layer.merged for layer in growing.adapter_layers(self.model).values()):
-            kwargs = {**kwargs, "adapter_names": []}  # already merged: unload only
-            merge = False
+        # already merged (merge_adapter): unload only, a second merge would add ΔW twice
+        merge = merge and not any(layer.merged for layer in growing.adapter_layers(self.model).values())
         with self.method.batch(self.model):
             model = super()._unload_and_optionally_merge(merge=merge, **kwargs)
         growing.detach_adapter(model)
