@@ -24,6 +24,7 @@ from src.lr_schedule import GroupLambdaLR, linear_warmup_decay
 from src.methods import get_method, growing
 from src.methods.triadapt import (
     STORE_NAME,
+    TriAdaptBlocks,
     TriAdaptConfig,
     TriAdaptLinear,
     TriAdaptLoRA,
@@ -279,6 +280,80 @@ def test_factored_forward_equals_explicit_update():
     assert (
         layer.delta_weight() - s * layer.factor_B() @ layer.transform() @ layer.factor_A()
     ).abs().max() < 1e-6
+
+
+def shared_store(dtype=torch.float64):
+    """Three layers in one storage, two widths on each side, uneven ranks: padded rows and T entries."""
+    torch.manual_seed(0)
+    store = TriAdaptBlocks()
+    shapes = [(5, 3, 1), (5, 7, 2), (3, 5, 1)]  # (d_in, d_out, r0)
+    layers = [TriAdaptLinear(nn.Linear(i, o), r0, 1.0, store=store) for i, o, r0 in shapes]
+    store.commit()
+    store.grow([(1, 2), (2, 1)])
+    store.grow([(2, 2)])
+    store.to(dtype)
+    with torch.no_grad():
+        for event in store.events():
+            event.copy_(torch.randn_like(event))
+    return store, layers
+
+
+def test_shared_storage_gathers_each_layer_blocks_exactly():
+    store, layers = shared_store()
+    assert store.ranks == [1, 4, 4]
+    with store.session():
+        for slot in range(len(layers)):
+            blocks = store.block_tensors(slot)
+            A = torch.cat([a for _, _, a, _ in blocks])
+            Bt = torch.cat([bt for _, _, _, bt in blocks])
+            assert torch.equal(store.factor(slot, "A"), A)
+            assert torch.equal(store.factor(slot, "Bt"), Bt)
+            T = torch.zeros(store.ranks[slot], store.ranks[slot], dtype=A.dtype)
+            for (L, U, _, _), b in zip(blocks, store.blocks[slot], strict=True):
+                T[b.start : b.start + b.k, : b.start + b.k] += L
+                T[: b.start + b.k, b.start : b.start + b.k] += U
+            assert torch.equal(store.factor(slot, "T"), T)
+
+
+@pytest.mark.parametrize("penalised", [False, True])
+def test_shared_storage_gradient_is_exact_through_padding(penalised):
+    """The gather's hand-written backward (row writes, skipped padding, the regulariser's closed
+    form) against finite differences, in float64."""
+    from src.methods.triadapt import _Gather
+
+    store, _ = shared_store()
+    plan = store.plan()
+    assert any(live is not None for _, live, _ in plan.writes)  # padding rows between real ones
+    events = [e.detach().clone().requires_grad_() for e in store.events()]
+    g = torch.Generator().manual_seed(1)
+    weights = [
+        torch.randn(out.shape, generator=g, dtype=torch.float64)
+        for out in _Gather.apply(plan, penalised, *events)
+    ]
+
+    def weighted(*inputs):
+        outputs = _Gather.apply(plan, penalised, *inputs)
+        return sum((out * w).sum() for out, w in zip(outputs, weights, strict=True))
+
+    assert torch.autograd.gradcheck(weighted, events)
+
+
+def test_gathered_penalty_equals_the_explicit_one():
+    store, layers = shared_store()
+    store.penalised = True
+    with store.session():
+        gathered = store.orth_penalty_sum()
+    explicit = sum(
+        torch.linalg.norm(layer.factor_A() @ layer.factor_A().T - torch.eye(layer.rank, dtype=torch.float64))
+        + torch.linalg.norm(
+            layer.factor_B().T @ layer.factor_B() - torch.eye(layer.rank, dtype=torch.float64)
+        )
+        for layer in layers
+    )
+    store.penalised = False  # the same sum with autograd's backward
+    with store.session():
+        fallback = store.orth_penalty_sum()
+    assert torch.allclose(gathered, explicit, rtol=1e-12) and torch.allclose(fallback, explicit, rtol=1e-12)
 
 
 def test_dropout_acts_on_the_adapter_input_only():

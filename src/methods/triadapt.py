@@ -138,49 +138,95 @@ class Factors(NamedTuple):
     A_groups: list[torch.Tensor]
     Bt_groups: list[torch.Tensor]
     T_groups: list[torch.Tensor]  # unscaled T = L + U per A group, padded
+    penalty: torch.Tensor | None  # Σ_i ‖A_i A_iᵀ − I‖_F + ‖B_iᵀ B_i − I‖_F, where the store computes it
 
 
 class _Plan(NamedTuple):
-    index: torch.Tensor  # positions in cat(events, [0]) of every gathered value
-    sizes: list[int]  # split of the gathered vector: A groups, Bᵀ groups, then the T part
+    """Where every gathered value comes from, rebuilt after each event (``TriAdaptBlocks.plan``).
+
+    A and Bᵀ are gathered row by row: ``rows[w]`` holds, for each gathered row of width w (the A
+    groups of that width, then its Bᵀ groups), the row's first position in cat(events, tail);
+    padding rows start in the zero tail. T's strip entries are gathered entry by entry.
+    """
+
+    widths: list[int]
+    rows: list[torch.Tensor]  # per width: int64 row starts
+    row_split: list[list[int]]  # per width: rows per group, in the order of ``rows``
+    # per row part: (width, positions of its real rows or None if all are, their starts)
+    writes: list[tuple[int, torch.Tensor | None, torch.Tensor]]
+    t_index: torch.Tensor  # L entries of every padded T, then U entries; padding reads the tail
+    tail: torch.Tensor  # max(width) zeros appended to the events: what padding reads
+    a_part: list[int]  # per A group: its position among the gathered parts
+    b_part: list[int]
     a_shapes: list[tuple[int, int, int]]
     b_shapes: list[tuple[int, int, int]]
     t_shapes: list[tuple[int, int, int]]
-    scale: torch.Tensor  # per entry of the T part: s_i of the entry's layer
-    a_masks: list[torch.Tensor]  # −I_{r_i} padded, per A group: the regulariser's identity, negated
-    b_masks: list[torch.Tensor]
+    scale: torch.Tensor  # per entry of T: s_i of the entry's layer
+    masks: list[torch.Tensor]  # per row part: −I_{r_i} padded, the regulariser's identity, negated
     a_slot: list[tuple[int, int]]  # per slot: (A group, position in it)
     b_slot: list[tuple[int, int]]
 
 
-class _OrthPenalty(torch.autograd.Function):
-    """Σ over batches P (n × r × d) and modules of ‖P Pᵀ − I‖_F, with its closed-form gradient.
+class _Gather(torch.autograd.Function):
+    """cat(events) → every layer's A and Bᵀ rows (padded batches), T's strip entries and, if asked,
+    the orthogonality penalty Σ over batches P (n × r × d) and modules of ‖P Pᵀ − I‖_F (§5.7).
 
-    d‖G‖_F/dP = 2 (G / ‖G‖_F) P for the symmetric G = P Pᵀ − I: one ``bmm`` per batch backward,
-    where autograd would chain through the norm, the subtraction and both sides of the product.
+    Rows are read through ``unfold(0, w, 1)``, the overlapping view whose row p is the w values
+    from position p, so one index per row (576 at r̄ 8) replaces one per value (336,384 int32,
+    1.3 MB, as large as the adapter itself). The backward writes each real row's gradient back with
+    ``index_copy_`` on the same view: every real row is one distinct, non-overlapping range of one
+    block, so no two writes touch one value and no accumulation is needed; padding rows are skipped.
+    Only T's entries use ``index_add_`` (padded entries add into the discarded tail).
+
+    The penalty lives here so that its gradient, 2 (G / ‖G‖_F) P for the symmetric G = P Pᵀ − I
+    (one ``bmm`` per batch), is formed one batch at a time at the end of the backward, instead of
+    for every batch at its start, where it would sit through the whole backward at the peak.
     """
 
     @staticmethod
-    def forward(ctx, neg_eyes: list[torch.Tensor], *batches: torch.Tensor) -> torch.Tensor:
-        grams, norms = [], []
-        # in the factors' own dtype (fp32) under autocast too: the backward's products must match it
-        with torch.autocast(batches[0].device.type, enabled=False):
-            for P, neg_eye in zip(batches, neg_eyes, strict=True):
-                G = torch.baddbmm(neg_eye, P, P.transpose(1, 2))  # P Pᵀ − I in one call
-                grams.append(G)
-                norms.append(torch.linalg.vector_norm(G, dim=(1, 2)))
-        ctx.save_for_backward(*batches, *grams, *norms)
-        return torch.cat(norms).sum()
+    def forward(ctx, plan: _Plan, penalised: bool, *events: torch.Tensor):
+        flat = torch.cat([*events, plan.tail])
+        rows = [flat.unfold(0, w, 1).index_select(0, r) for w, r in zip(plan.widths, plan.rows, strict=True)]
+        parts = [part for r, split in zip(rows, plan.row_split, strict=True) for part in r.split(split)]
+        grams, norms, penalty = [], [], flat.new_zeros(())
+        if penalised:  # in the factors' own dtype (fp32) under autocast too, as the backward's products
+            with torch.autocast(flat.device.type, enabled=False):
+                for P, mask, (w, _, _) in zip(parts, plan.masks, plan.writes, strict=True):
+                    P = P.view(mask.shape[0], -1, w)
+                    grams.append(torch.baddbmm(mask, P, P.transpose(1, 2)))  # P Pᵀ − I in one call
+                    norms.append(torch.linalg.vector_norm(grams[-1], dim=(1, 2)))
+                penalty = torch.cat(norms).sum()
+        ctx.save_for_backward(*rows, *grams, *norms)
+        ctx.plan, ctx.penalised = plan, penalised
+        ctx.sizes, ctx.numel = [e.numel() for e in events], flat.numel()
+        ctx.set_materialize_grads(False)
+        return (*parts, flat.index_select(0, plan.t_index), penalty)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        saved, n = ctx.saved_tensors, len(ctx.saved_tensors) // 3
-        batches, grams, norms = saved[:n], saved[n : 2 * n], saved[2 * n :]
-        grads = [
-            torch.bmm(G, P).mul_((2 * grad / norm.clamp_min(1e-30))[:, None, None])  # 0 where G = 0
-            for P, G, norm in zip(batches, grams, norms, strict=True)
-        ]
-        return (None, *grads)
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, *grads):
+        plan, saved, n = ctx.plan, ctx.saved_tensors, len(ctx.plan.writes)
+        *part_grads, t_grad, p_grad = grads
+        rows, grams, norms = saved[: len(plan.widths)], saved[len(plan.widths) :][:n], saved[-n:]
+        parts = [part for r, split in zip(rows, plan.row_split, strict=True) for part in r.split(split)]
+        orth = ctx.penalised and p_grad is not None
+        grad = None
+        for p, (g, (w, live, starts)) in enumerate(zip(part_grads, plan.writes, strict=True)):
+            if orth:
+                P, G = parts[p].view(grams[p].shape[0], -1, w), grams[p]
+                d_orth = torch.bmm(G, P).mul_((2 * p_grad / norms[p].clamp_min(1e-30))[:, None, None])
+                g = d_orth.view(-1, w) if g is None else d_orth.view(-1, w).add_(g)  # 0 where G = 0
+            if g is None:
+                continue
+            if grad is None:
+                grad = g.new_zeros(ctx.numel)
+            grad.unfold(0, w, 1).index_copy_(0, starts, g if live is None else g.index_select(0, live))
+        if t_grad is not None:
+            grad = t_grad.new_zeros(ctx.numel) if grad is None else grad
+            grad.index_add_(0, plan.t_index, t_grad)
+        if grad is None:
+            return (None, None) + (None,) * len(ctx.sizes)
+        return (None, None, *grad[: sum(ctx.sizes)].split(ctx.sizes))
 
 
 class TriAdaptBlocks(growing.SharedAdapterStorage):
@@ -197,12 +243,15 @@ class TriAdaptBlocks(growing.SharedAdapterStorage):
     - This is exact (D13): the values are those of the per-block layout; growth only appends a tensor;
       and the blocks of one event already shared one param group and one AdamW step count (§5.8),
       while AdamW is elementwise, so one tensor per event keeps each block's optimizer semantics.
-    - Once per model forward (a pre-hook) one ``index_select`` gathers every layer's A, Bᵀ and the
-      two strip contributions to T into zero-padded batches grouped by d_in / d_out; then per A
-      group one ``bmm`` gives M = s·T·A, so each layer runs one matmul and one ``addmm`` (peft's LoRA
-      runs two matmuls, a scaling and an add), and the regulariser is a few batched operations.
+    - Once per model forward (a pre-hook) one gather (``_Gather``: an ``index_select`` of rows per
+      row width, one of T's strip entries) builds every layer's A and Bᵀ as zero-padded batches
+      grouped by d_in / d_out, and T's two strip contributions; then per A group one ``bmm`` gives
+      M = s·T·A, so each layer runs one matmul and one ``addmm`` (peft's LoRA runs two matmuls, a
+      scaling and an add). The regulariser is formed in the same gather, from the same batches.
+    - Memory: the gathered batches and their gradients are two copies of the adapter that LoRA does
+      not hold (2.6 MB at r̄ 8 on MiniLM-L6); the gather's index is one entry per row, not per value.
     - Outside a model forward (a layer called alone, ``delta_weight``, scores) the same gather runs
-      on demand; without autograd its result is cached until a parameter changes.
+      on demand, once per ``session``.
     """
 
     def __init__(self):
@@ -212,11 +261,11 @@ class TriAdaptBlocks(growing.SharedAdapterStorage):
         self.ranks: list[int] = []
         self.n_events = 0
         self._pending: list[tuple[int, int, dict]] = []  # initial blocks until commit()
-        self.register_buffer("zero", torch.zeros(1), persistent=False)  # target of padded positions
         self._plan: _Plan | None = None
         self._plan_key = None
         self._active: Factors | None = None  # set for the duration of one model forward
         self._depth = 0  # nesting of hooked forwards (a model's forward calls its encoder's)
+        self.penalised = False  # every gather also forms the regulariser (γ > 0)
 
     # -- structure ---------------------------------------------------------------------------------
     def events(self) -> list[nn.Parameter]:
@@ -302,7 +351,7 @@ class TriAdaptBlocks(growing.SharedAdapterStorage):
         if self._plan is not None and self._plan_key == key:
             return self._plan
         starts = np.cumsum([0] + [p.numel() for p in events])
-        zero = int(starts[-1])  # the appended 0: every padded position reads it
+        zero = int(starts[-1])  # the tail: every padded position reads it
         a_groups = [
             (slots, self.layers[slots[0]].in_features) for slots in self._groups("in_features").values()
         ]
@@ -313,34 +362,45 @@ class TriAdaptBlocks(growing.SharedAdapterStorage):
         a_shapes = [(len(slots), rmax(slots), d) for slots, d in a_groups]
         b_shapes = [(len(slots), rmax(slots), d) for slots, d in b_groups]
         t_shapes = [(n, r, r) for n, r, _ in a_shapes]
-        # one int32 array filled in place, no concatenated copies: the event's peak memory stays low
-        shapes = [*a_shapes, *b_shapes, *t_shapes, *t_shapes]
-        sizes = [math.prod(shape) for shape in shapes]
-        flat = np.full(sum(sizes), zero, dtype=np.int32 if zero < 2**31 else np.int64)
-        offsets = np.cumsum([0, *sizes])
-        views = [flat[o : o + n].reshape(shape) for o, n, shape in zip(offsets, sizes, shapes, strict=False)]
-        na, nb = len(a_shapes), len(b_shapes)
-        A_idx, B_idx = views[:na], views[na : na + nb]
-        TL_idx, TU_idx = views[na + nb : 2 * na + nb], views[2 * na + nb :]
+
+        def first_row(slot: int, b: Block, kind: str) -> int:  # block: [L | U | A (k×d_in) | Bᵀ (k×d_out)]
+            pos = int(starts[b.event]) + b.offset + 2 * b.k * (b.start + b.k)
+            return pos if kind == "A" else pos + b.k * self.layers[slot].in_features
+
+        def row_starts(slots: list[int], r: int, d: int, kind: str) -> np.ndarray:
+            out = np.full((len(slots), r), zero, dtype=np.int64)
+            for j, slot in enumerate(slots):
+                for b in self.blocks[slot]:
+                    out[j, b.start : b.start + b.k] = first_row(slot, b, kind) + d * np.arange(b.k)
+            return out.reshape(-1)
+
+        groups = [(d, slots, r, "A") for (slots, d), (_, r, _) in zip(a_groups, a_shapes, strict=True)]
+        groups += [(d, slots, r, "Bt") for (slots, d), (_, r, _) in zip(b_groups, b_shapes, strict=True)]
+        widths = sorted({d for d, *_ in groups})
+        rows, row_split, writes, part_of, parts = [], [], [], {}, []
+        for w in widths:
+            mine = [(g, item) for g, item in enumerate(groups) if item[0] == w]
+            arrays = [row_starts(slots, r, w, kind) for _, (_, slots, r, kind) in mine]
+            rows.append(np.concatenate(arrays))
+            row_split.append([len(a) for a in arrays])
+            for (g, item), arr in zip(mine, arrays, strict=True):
+                part_of[g] = len(writes)
+                parts.append(item)
+                live = np.flatnonzero(arr != zero)
+                writes.append((w, None if len(live) == len(arr) else live, arr[live]))
+        TL_idx = [np.full(shape, zero, dtype=np.int64) for shape in t_shapes]
+        TU_idx = [np.full(shape, zero, dtype=np.int64) for shape in t_shapes]
         a_slot, b_slot = [None] * len(self.layers), [None] * len(self.layers)
-        for g, (slots, d) in enumerate(a_groups):
-            A, TL, TU = A_idx[g], TL_idx[g], TU_idx[g]
+        for g, (slots, _) in enumerate(a_groups):
             for j, slot in enumerate(slots):
                 a_slot[slot] = (g, j)
                 for b in self.blocks[slot]:
                     base, k, s = int(starts[b.event]) + b.offset, b.k, b.start + b.k
-                    TL[j, b.start : s, :s] = base + np.arange(k * s).reshape(k, s)
-                    TU[j, :s, b.start : s] = base + k * s + np.arange(s * k).reshape(s, k)
-                    A[j, b.start : s] = base + 2 * k * s + np.arange(k * d).reshape(k, d)
-        for g, (slots, d) in enumerate(b_groups):
-            Bt = B_idx[g]
+                    TL_idx[g][j, b.start : s, :s] = base + np.arange(k * s).reshape(k, s)
+                    TU_idx[g][j, :s, b.start : s] = base + k * s + np.arange(s * k).reshape(s, k)
+        for g, (slots, _) in enumerate(b_groups):
             for j, slot in enumerate(slots):
                 b_slot[slot] = (g, j)
-                d_in = self.layers[slot].in_features
-                for b in self.blocks[slot]:
-                    k, s = b.k, b.start + b.k
-                    base = int(starts[b.event]) + b.offset + 2 * k * s + k * d_in
-                    Bt[j, b.start : s] = base + np.arange(k * d).reshape(k, d)
         scale = np.concatenate(
             [
                 np.repeat([self.layers[s].scale for s in slots], r * r)
@@ -348,21 +408,22 @@ class TriAdaptBlocks(growing.SharedAdapterStorage):
             ]
         )
         device, dtype = events[0].device, events[0].dtype
+        index = lambda a: torch.from_numpy(np.ascontiguousarray(a)).to(device)  # noqa: E731
+        na = len(a_groups)
         self._plan = _Plan(
-            index=torch.from_numpy(flat).to(device),
-            sizes=[*sizes[: na + nb], 2 * sum(sizes[na + nb : 2 * na + nb])],
+            widths=widths,
+            rows=[index(r) for r in rows],
+            row_split=row_split,
+            writes=[(w, None if live is None else index(live), index(st)) for w, live, st in writes],
+            t_index=index(np.concatenate([a.reshape(-1) for a in (*TL_idx, *TU_idx)])),
+            tail=torch.zeros(max(widths), device=device, dtype=dtype),
+            a_part=[part_of[g] for g in range(na)],
+            b_part=[part_of[na + g] for g in range(len(b_groups))],
             a_shapes=a_shapes,
             b_shapes=b_shapes,
             t_shapes=t_shapes,
             scale=torch.from_numpy(scale).to(device, dtype),
-            a_masks=[
-                torch.from_numpy(-self._eye(slots, r)).to(device, dtype)
-                for (slots, _), (_, r, _) in zip(a_groups, a_shapes, strict=True)
-            ],
-            b_masks=[
-                torch.from_numpy(-self._eye(slots, r)).to(device, dtype)
-                for (slots, _), (_, r, _) in zip(b_groups, b_shapes, strict=True)
-            ],
+            masks=[torch.from_numpy(-self._eye(slots, r)).to(device, dtype) for _, slots, r, _ in parts],
             a_slot=a_slot,
             b_slot=b_slot,
         )
@@ -376,13 +437,11 @@ class TriAdaptBlocks(growing.SharedAdapterStorage):
 
     # -- materialisation ---------------------------------------------------------------------------
     def materialise(self) -> Factors:
-        plan, events = self.plan(), self.events()
-        flat = torch.cat([*events, self.zero.to(events[0].dtype)])
-        gathered = torch.index_select(flat, 0, plan.index).split(plan.sizes)
-        na, nb = len(plan.a_shapes), len(plan.b_shapes)
-        A = [part.view(shape) for part, shape in zip(gathered[:na], plan.a_shapes, strict=True)]
-        Bt = [part.view(shape) for part, shape in zip(gathered[na : na + nb], plan.b_shapes, strict=True)]
-        T = gathered[-1].view(2, -1).sum(0)  # L + U: diagonal blocks get both strips, the rest one
+        plan = self.plan()
+        *parts, t, penalty = _Gather.apply(plan, self.penalised, *self.events())
+        A = [parts[p].view(shape) for p, shape in zip(plan.a_part, plan.a_shapes, strict=True)]
+        Bt = [parts[p].view(shape) for p, shape in zip(plan.b_part, plan.b_shapes, strict=True)]
+        T = t.view(2, -1).sum(0)  # L + U: diagonal blocks get both strips, the rest one
         sizes = [math.prod(shape) for shape in plan.t_shapes]
         T_groups = [part.view(shape) for part, shape in zip(T.split(sizes), plan.t_shapes, strict=True)]
         sT = (T * plan.scale).split(sizes)
@@ -397,7 +456,7 @@ class TriAdaptBlocks(growing.SharedAdapterStorage):
             m, b = M_rows[ga][ja], Bt_rows[gb][jb]
             M.append(m if m.shape[0] == r else m[:r])
             B.append(b if b.shape[0] == r else b[:r])
-        return Factors(M, B, A, Bt, T_groups)
+        return Factors(M, B, A, Bt, T_groups, penalty if self.penalised else None)
 
     def current(self) -> Factors:
         """The factors of the forward (or ``session``) under way; outside one, a fresh gather."""
@@ -455,10 +514,21 @@ class TriAdaptBlocks(growing.SharedAdapterStorage):
         """Σ_i ‖A_i A_iᵀ − I‖_F + ‖B_iᵀ B_i − I‖_F (spec §5.7) over the padded batches of this forward.
 
         Zero padding leaves each Gram matrix's live block unchanged and adds zeros elsewhere, and the
-        padded identity is zero there too, so the padded norm is the module's norm.
+        padded identity is zero there too, so the padded norm is the module's norm. ``penalised``
+        stores have it from the gather; others compute it here, with autograd's own backward.
         """
         factors, plan = self.current(), self.plan()
-        return _OrthPenalty.apply([*plan.a_masks, *plan.b_masks], *factors.A_groups, *factors.Bt_groups)
+        if factors.penalty is not None:
+            return factors.penalty
+        batches = [
+            *zip(factors.A_groups, plan.a_part, strict=True),
+            *zip(factors.Bt_groups, plan.b_part, strict=True),
+        ]
+        with torch.autocast(batches[0][0].device.type, enabled=False):
+            return sum(
+                torch.linalg.vector_norm(torch.baddbmm(plan.masks[p], P, P.transpose(1, 2)), dim=(1, 2)).sum()
+                for P, p in batches
+            )
 
     @torch.no_grad()
     def norms(self, divisor: str) -> list[float]:
@@ -744,6 +814,7 @@ class TriAdaptLoRA(growing.GrowingAdapterMethod):
             )
 
         store = TriAdaptBlocks()
+        store.penalised = config.orth_reg_weight > 0
 
         def make_layer(name: str, linear: nn.Linear) -> TriAdaptLinear:
             return TriAdaptLinear(
