@@ -23,6 +23,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from src.reporting.lr_selection import TUNED_SEEDS  # noqa: E402
+
 METHODS = "lora,adalora,increlora,triadapt"
 SEEDS_5 = "41,42,43,44,45"  # RTE and MRPC: the noisiest small tasks get five seeds
 SEEDS_3 = "41,42,43"
@@ -43,7 +45,9 @@ class Chunk:
     task: str
     seeds: str
     sweeps: list[str] = field(default_factory=lambda: [f"method={METHODS} budget=r2,r8"])
-    edges: bool = False  # the sweeps are the LR grid's edge points, read from the records at run time
+    # "edges": the LR grid's edge points; "tuned": the main grid and controls at the selected LRs;
+    # either way the sweeps are read off the records when the chunk starts
+    derived: str | None = None
 
 
 # Issue #20, learning-rate selection: one rule for every method x task. r̄ 8, seed 41, grid {1e-3, 3e-3,
@@ -67,7 +71,13 @@ def lr_grid(task: str) -> list[str]:
 
 CHUNKS = [
     *(Chunk(f"lr-{t}", t, "41", lr_grid(t)) for t in ("rte", "mrpc", "stsb", "cola", "sst2")),
-    *(Chunk(f"lr-edge-{t}", t, "41", [], edges=True) for t in ("rte", "mrpc", "stsb", "cola", "sst2")),
+    *(Chunk(f"lr-edge-{t}", t, "41", [], derived="edges") for t in ("rte", "mrpc", "stsb", "cola", "sst2")),
+    # Issue #20's main grid and random-allocation controls, each cell at its selected LR; seed 41 (the
+    # selection seed) is not rerun. src/reporting/lr_selection.py holds the seeds, tasks and reuse.
+    *(
+        Chunk(f"tuned-{t}", t, TUNED_SEEDS[t], [], derived="tuned")
+        for t in ("rte", "mrpc", "stsb", "cola", "sst2")
+    ),
     Chunk("rte", "rte", SEEDS_5),
     Chunk("mrpc", "mrpc", SEEDS_5),
     Chunk("stsb", "stsb", SEEDS_3),
@@ -154,11 +164,14 @@ def main(argv: list[str] | None = None) -> int:
         if not (ROOT / data_dir / "rte").is_dir() and not args.list:
             parser.error(f"--data-dir {args.data_dir} has no rte/ folder; point it at the local GLUE files")
         for chunk in chosen:
-            if chunk.edges:  # the points past a grid's edge its best score asks for (none while open)
-                from src.reporting.lr_selection import edge_sweeps
+            if chunk.derived:  # edge points a best-at-the-edge asks for; runs at the selected LRs
+                from src.reporting import lr_selection
                 from src.reporting.tables import load_records
 
-                chunk.sweeps = edge_sweeps(load_records(args.runs)).get(chunk.task, [])
+                derive = {"edges": lr_selection.edge_sweeps, "tuned": lr_selection.tuned_sweeps}[
+                    chunk.derived
+                ]
+                chunk.sweeps = derive(load_records(args.runs)).get(chunk.task, [])
         queue = [(c.name, cmd) for c in chosen for cmd in commands(c, data_dir, args.runs, args.overrides)]
         for _, cmd in queue:
             print("$", " ".join(cmd[1:]), flush=True)

@@ -73,3 +73,41 @@ def test_grid_points_reuse_only_unchanged_methods_default_runs_at_seed_41_r8():
     }
     table = "\n".join(L.selection_table(points, ["rte"], ["lora", "increlora"]))
     assert "57.00†" in table and "| rte | increlora |  | to run | to run | to run |  | open |" in table
+
+
+def test_tuned_sweeps_run_selected_cells_reuse_fixed_lr_records_and_add_the_controls():
+    records = [
+        record("rte", "lora", 1e-3, 57.0, study="cpu-repro"),
+        record("rte", "lora", 3e-3, 52.0),
+        record("rte", "lora", 1e-2, 52.0),
+        record("rte", "lora", 3e-4, 50.0),  # lora: 1e-3, the fixed-lr study's LR
+        record("rte", "triadapt", 1e-3, 50.0, study="cpu-repro"),
+        record("rte", "triadapt", 3e-3, 55.0),
+        record("rte", "triadapt", 1e-2, 52.0),  # triadapt: 3e-3
+        record("rte", "increlora", 1e-3, 50.0),  # open: two points to run
+        record("sst2", "increlora", 1e-3, 50.0),
+        record("sst2", "increlora", 3e-3, 55.0),
+        record("sst2", "increlora", 1e-2, 52.0),  # selected, but SST-2 has no control
+    ]
+    assert L.selected_lrs(records) == {
+        ("rte", "lora"): 1e-3,
+        ("rte", "triadapt"): 3e-3,
+        ("sst2", "increlora"): 3e-3,
+    }
+    assert L.tuned_sweeps(records) == {
+        "rte": [
+            "method=triadapt budget=r2,r8 trainer.learning_rate=0.003 study=cpu-repro-tuned",
+            "method=triadapt budget=r8 method.score=random trainer.learning_rate=0.003 study=cpu-repro-tuned",
+        ],
+        "sst2": ["method=increlora budget=r2,r8 trainer.learning_rate=0.003 study=cpu-repro-tuned"],
+    }
+    selected = L.selected_lrs(records)
+    tuned = lambda method, lr, study, seed=42, **cfg: L.is_tuned_run(  # noqa: E731
+        record("rte", method, lr, 60.0, study=study, seed=seed, **cfg), selected
+    )
+    assert tuned("lora", 1e-3, "cpu-repro")  # reused
+    assert not tuned("lora", 1e-3, "cpu-repro", seed=41)  # the selection seed is never in a mean
+    assert tuned("triadapt", 3e-3, L.TUNED_STUDY) and tuned("triadapt", 3e-3, L.TUNED_STUDY, score="random")
+    assert not tuned("triadapt", 1e-3, "cpu-repro")  # not its selected LR
+    assert not tuned("triadapt", 3e-3, L.TUNED_STUDY, schedule="exponential")  # an ablation
+    assert not tuned("increlora", 1e-3, L.TUNED_STUDY)  # its cell is still open

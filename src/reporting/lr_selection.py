@@ -7,7 +7,9 @@ selected, the smaller one on a tie. Pure functions of the run records:
 - grid points come from ``study: cpu-repro-lr`` and, for the methods whose configuration did not
   change, from the fixed-lr study (``cpu-repro``, lr 1e-3) and the earlier RTE check
   (``cpu-repro-lr1e-2``); IncreLoRA's only from ``cpu-repro-lr`` (its defaults changed, issue #19);
-- ``selection`` says, per task and method, the selected LR or what is still to run.
+- ``selection`` says, per task and method, the selected LR or what is still to run;
+- ``tuned_sweeps`` names the runs of the main grid and of the random-allocation control at the
+  selected LRs, and ``is_tuned_run`` picks their records (reused fixed-lr records included).
 """
 
 from __future__ import annotations
@@ -23,6 +25,14 @@ BEYOND = {1e-3: 3e-4, 1e-2: 3e-2}  # the edge extension: the next point past eac
 # studies whose records are grid points, and for which methods (None: every method)
 REUSED = ("lora", "adalora", "triadapt")
 SOURCES = {LR_STUDY: None, "cpu-repro": REUSED, "cpu-repro-lr1e-2": REUSED}
+# The main grid at the selected LRs: both budgets, the seeds after the selection seed (which is never
+# in a mean). A method whose selected LR is the fixed-lr study's 1e-3 reuses that study's records.
+TUNED_STUDY = "cpu-repro-tuned"
+FIXED_STUDY, FIXED_LR = "cpu-repro", 1e-3
+TUNED_SEEDS = {"rte": "42,43,44,45", "mrpc": "42,43,44,45", "stsb": "42,43", "cola": "42,43", "sst2": "42,43"}
+# The allocation control (§5.5 ``score: random``): the growing methods at r̄ 8 on these tasks, same
+# schedule, seeds and selected LR, each compared with its own default run paired by seed.
+CONTROL, CONTROL_TASKS, CONTROLLED = "random", ("rte", "mrpc", "cola", "stsb"), ("increlora", "triadapt")
 
 
 @dataclass
@@ -38,6 +48,10 @@ class Selection:
     @property
     def complete(self) -> bool:
         return self.selected is not None
+
+
+def _score(record: dict) -> str | None:
+    return ((record.get("config") or {}).get("method") or {}).get("score")
 
 
 def _is_default(record: dict) -> bool:
@@ -140,3 +154,44 @@ def selection_table(
             rows.append([task, method, *cells, fmt_lr(sel.selected) if sel.complete else "open"])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return lines + ["| " + " | ".join(row) + " |" for row in rows]
+
+
+def selected_lrs(records: list[dict]) -> dict[tuple[str, str], float]:
+    """(task, method) -> the selected LR, for the cells the rule has closed."""
+    return {key: sel.selected for key, sel in grid_points(records).items() if sel.complete}
+
+
+def reuses_fixed_lr(method: str, lr: float) -> bool:
+    return method in REUSED and lr == FIXED_LR
+
+
+def tuned_sweeps(records: list[dict]) -> dict[str, list[str]]:
+    """task -> Hydra sweep strings for the main grid and the controls at every selected LR."""
+    sweeps: dict[str, list[str]] = {}
+    for (task, method), lr in sorted(selected_lrs(records).items()):
+        if not reuses_fixed_lr(method, lr):
+            sweeps.setdefault(task, []).append(
+                f"method={method} budget=r2,r8 trainer.learning_rate={lr:g} study={TUNED_STUDY}"
+            )
+        if task in CONTROL_TASKS and method in CONTROLLED:
+            sweeps.setdefault(task, []).append(
+                f"method={method} budget={BUDGET} method.score={CONTROL} trainer.learning_rate={lr:g} "
+                f"study={TUNED_STUDY}"
+            )
+    return sweeps
+
+
+def is_tuned_run(record: dict, selected: dict[tuple[str, str], float]) -> bool:
+    """A main-grid or control run at its cell's selected LR, the selection seed left out."""
+    config = record.get("config") or {}
+    lr = (config.get("trainer") or {}).get("learning_rate")
+    chosen = selected.get((record.get("task"), record.get("method")))
+    if chosen is None or lr is None or float(lr) != chosen or record.get("seed") == SEED:
+        return False
+    if config.get("study") == TUNED_STUDY:
+        return _is_default(record) or _score(record) == CONTROL
+    return (
+        config.get("study") == FIXED_STUDY
+        and reuses_fixed_lr(record["method"], chosen)
+        and _is_default(record)
+    )
