@@ -84,8 +84,8 @@ def probe(method, model, inputs) -> dict:
     }
 
 
-def run_method(name: str, args) -> dict:
-    cfg = protocol(args.task, name, args.budget, args.data_dir, args.overrides)
+def run_method(name: str, args, overrides: list[str]) -> dict:
+    cfg = protocol(args.task, name, args.budget, args.data_dir, overrides)
     torch.manual_seed(args.seed)
     tokenizer = load_tokenizer(cfg.backbone)
     task = prepare_task(cfg.task, tokenizer, args.seed, cfg.backbone)
@@ -145,11 +145,12 @@ def markdown(rows: list[dict], meta: dict) -> str:
         "**Adapter effect**: ‖h(adapter on) − h(adapter off)‖ / ‖h(adapter off)‖ for the last hidden "
         "state, mean over the probe's tokens (0 = the adapter has not changed the encoder).",
         "",
-        "| Method | " + " | ".join(f"step {s}" for s in steps) + " |",
-        "|---|" + "---|" * len(steps),
+        "| Method | LR | " + " | ".join(f"step {s}" for s in steps) + " |",
+        "|---|---|" + "---|" * len(steps),
     ]
     for r in rows:
-        lines.append(f"| {r['method']} | " + " | ".join(f"{p['effect']:.2g}" for p in r["points"]) + " |")
+        cells = " | ".join(f"{p['effect']:.2g}" for p in r["points"])
+        lines.append(f"| {r['method']} | {r['lr']:g} | {cells} |")
     lines += [
         "",
         "**Probe loss** (cross-entropy on the probe) and mean training loss over the preceding steps "
@@ -186,6 +187,12 @@ def main() -> None:
     parser.add_argument("--out", default=str(ROOT / "results" / "diagnostics"))
     parser.add_argument("--tag", default="")
     parser.add_argument(
+        "--selected-lrs",
+        action="store_true",
+        help="each method at the LR the tuned protocol selected for --task (issue #20), read from --runs",
+    )
+    parser.add_argument("--runs", default=str(ROOT / "results" / "runs"), help="run records (--selected-lrs)")
+    parser.add_argument(
         "overrides",
         nargs="*",
         help="extra Hydra overrides for every method (before --methods, which takes the rest)",
@@ -197,14 +204,27 @@ def main() -> None:
         )
     torch.set_num_threads(args.threads)
     started = time.time()
+    per_method = {name: list(args.overrides) for name in args.methods}
+    if args.selected_lrs:
+        from src.reporting.lr_selection import selected_lrs
+        from src.reporting.tables import load_records
+
+        chosen = selected_lrs(load_records(args.runs))
+        if unselected := [name for name in args.methods if (args.task, name) not in chosen]:
+            sys.exit(
+                f"error: no selected LR yet for {', '.join(unselected)} on {args.task} in {args.runs}; run "
+                f"python scripts/cpu_repro.py --chunk lr-{args.task} --chunk lr-edge-{args.task} first"
+            )
+        for name in args.methods:
+            per_method[name].append(f"trainer.learning_rate={chosen[(args.task, name)]:g}")
     try:  # every method's config first: a bad override is one line, before any model loads
         for name in args.methods:
             # no Hydra run here, so no run folder to resolve: the script writes only to --out
-            extra = [*args.overrides, f"paths.output_dir={args.out}"]
+            extra = [*per_method[name], f"paths.output_dir={args.out}"]
             check_config(protocol(args.task, name, args.budget, args.data_dir, extra))
     except ConfigError as err:
         raise SystemExit(f"error: {err}") from None
-    rows = [run_method(name, args) for name in args.methods]
+    rows = [run_method(name, args, per_method[name]) for name in args.methods]
     meta = {
         "command": "python scripts/adapter_startup.py " + " ".join(sys.argv[1:]),
         "task": args.task, "budget": args.budget, "seed": args.seed, "probe": args.probe,
