@@ -195,7 +195,8 @@ class _Gather(torch.autograd.Function):
                     P = P.view(mask.shape[0], -1, w)
                     grams.append(torch.baddbmm(mask, P, P.transpose(1, 2)))  # P Pᵀ − I in one call
                     norms.append(torch.linalg.vector_norm(grams[-1], dim=(1, 2)))
-                penalty = torch.cat(norms).sum()
+                # summed A groups first, then Bᵀ groups: the order the per-group layout summed them in
+                penalty = torch.cat([norms[p] for p in (*plan.a_part, *plan.b_part)]).sum()
         ctx.save_for_backward(*rows, *grams, *norms)
         ctx.plan, ctx.penalised = plan, penalised
         ctx.sizes, ctx.numel = [e.numel() for e in events], flat.numel()
