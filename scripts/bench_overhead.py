@@ -205,7 +205,12 @@ def _heap_in_use():
         libc.mallinfo2.restype = Mallinfo2
     except (OSError, AttributeError):
         return None
-    return lambda: (lambda m: m.uordblks + m.hblkhd)(libc.mallinfo2())
+
+    def in_use() -> int:
+        info = libc.mallinfo2()
+        return info.uordblks + info.hblkhd  # small blocks from the arenas, large ones mapped
+
+    return in_use
 
 
 def _allocated_peak(in_use):

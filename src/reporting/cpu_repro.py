@@ -88,7 +88,6 @@ def study_frame(records: list[dict], study: str = STUDY, keep=None) -> pd.DataFr
                 "budget": config["budget"]["name"],
                 "avg_rank": config["budget"]["avg_rank"],
                 "variant": variant_label(r["method"], config.get("method") or {}),
-                "study": config.get("study"),
                 "seed": r["seed"],
                 "metric": metric,
                 "value": 100.0 * r["best"][metric],
@@ -630,9 +629,8 @@ def remaining_hours(main: pd.DataFrame) -> tuple[int, float]:
 
 
 # -- the write-up ----------------------------------------------------------------------------------
-def tuned_frame(records: list[dict]) -> pd.DataFrame:
+def tuned_frame(records: list[dict], selected: dict[tuple[str, str], float]) -> pd.DataFrame:
     """The tuned protocol's runs: main grid and controls at each cell's selected LR, seed 41 left out."""
-    selected = lr_selection.selected_lrs(records)
     return study_frame(records, keep=lambda r: lr_selection.is_tuned_run(r, selected))
 
 
@@ -684,11 +682,10 @@ def control_claim(found: list[dict]) -> str:
 
 def tuned_section(records: list[dict]) -> list[str]:
     """The tuned protocol (issue #20): every method at its selected LR, the control, the claims."""
-    frame = tuned_frame(records)
     selected = lr_selection.selected_lrs(records)
     if not selected:
         return []
-    planned = {t: len(lr_selection.TUNED_SEEDS[t].split(",")) for t in TASKS}
+    frame = tuned_frame(records, selected)
     lr_rows = [
         [TASK_LABEL[t], *[
             (lr_selection.fmt_lr(selected[(t, m)]) + ("†" if lr_selection.reuses_fixed_lr(m, selected[(t, m)]) else ""))
@@ -717,7 +714,7 @@ def tuned_section(records: list[dict]) -> list[str]:
         ]
     main = frame[frame["variant"] == DEFAULT]
     controls = frame[frame["variant"] == "score=random"]
-    missing = coverage(main, {t: planned[t] for t in TASKS})
+    missing = coverage(main, {t: len(lr_selection.TUNED_SEEDS[t].split(",")) for t in TASKS})
     if missing:
         out += ["**Incomplete** — seeds finished per method where fewer than planned:", ""]
         out += [f"- {m}" for m in missing] + [""]
