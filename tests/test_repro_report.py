@@ -102,6 +102,26 @@ def test_claims_wait_for_two_seeds_and_clear_wall_time_gaps():
     assert "TriAdaptLoRA 1.05×. **Holds**." in text  # 1.05 < 1.30 - 0.10 for both adaptive baselines
 
 
+def test_stability_claim_compares_spreads_over_the_cells_every_method_has():
+    # RTE: TriAdaptLoRA spreads more than LoRA (std 2 vs 1). MRPC: only LoRA has seeds, and spreads a
+    # lot (std 10). Averaged over whatever cells each method has, LoRA would look less stable.
+    def cell(task, method, scores):
+        return [repro_record(task, method, 8, 41 + i, v) for i, v in enumerate(scores)]
+
+    records = cell("rte", "lora", (0.59, 0.60, 0.61)) + cell("rte", "triadapt", (0.58, 0.60, 0.62))
+    records += cell("mrpc", "lora", (0.60, 0.70, 0.80))
+    text = rr.render(records, [])
+    assert (
+        "per method (over the 1 cell where every method has three seeds): LoRA 1.00, TriAdaptLoRA 2.00"
+        in text
+    )
+    assert "TriAdaptLoRA spreads least in 0 of 1 cell. **Does not hold**: LoRA spreads least." in text
+    records = cell("mrpc", "lora", (0.60, 0.70, 0.80)) + cell("rte", "triadapt", (0.58, 0.60, 0.62))
+    assert "spread over seeds).** **Not testable yet**: no cell has three seeds of every method" in rr.render(
+        records, []
+    )
+
+
 def test_overhead_claim_reads_cpu_time_once_every_method_has_it():
     # wall time says TriAdaptLoRA is slowest (load), CPU time says it is cheapest of the adaptive ones
     times = {
