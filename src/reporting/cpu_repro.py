@@ -494,15 +494,16 @@ def claims(
     """The paper's claims, each with what these runs say (computed, not typed in)."""
     same = same or {}
     lines = inert_caveat(inert_methods(same, startup), same, startup)
+    methods = _methods(main)
     cells = [(t, b) for b, _ in _budgets(main) for t in _tasks(main)]
     best_in, contested = 0, 0  # a cell counts once every method has a run in it
     for task, budget in cells:
         means = {
             m: statistics.mean(v)
-            for m in _methods(main)
+            for m in methods
             if (v := list(by_seed(main, task=task, method=m, budget=budget).values()))
         }
-        if len(means) == len(_methods(main)):
+        if len(means) == len(methods):
             contested += 1
             best_in += max(means, key=means.get) == SUBJECT
     tri = [p for p in pairs_vs_lora if p["method"] == SUBJECT]
@@ -528,7 +529,6 @@ def claims(
         )
     )
     # Means over the same cells only: a method missing a noisy cell would otherwise look stable.
-    methods = _methods(main)
     common = [cell for cell in stds if len(cell) == len(methods)]
     if SUBJECT not in methods or len(methods) < 2 or not common:
         lines.append(
