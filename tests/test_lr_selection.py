@@ -61,6 +61,7 @@ def test_grid_points_reuse_only_unchanged_methods_default_runs_at_seed_41_r8():
         record("rte", "lora", 3e-3, 99.0, budget="r2"),
         record("rte", "triadapt", 1e-3, 99.0, study="cpu-repro", schedule="exponential"),  # an ablation
         record("rte", "triadapt", 1e-3, 99.0, score="random"),  # the control
+        record("rte", "increlora", 3e-3, 99.0, score="random"),  # IncreLoRA's control
     ]
     points = L.grid_points(records)
     assert set(points) == {("rte", "lora")}

@@ -148,6 +148,56 @@ def test_cli_writes_markdown_and_latex(tmp_path):
     assert md == (EXPECTED / "glue_fixture_tiny-deberta.md").read_text()
 
 
+def at_lr(rec: dict, lr: float, study: str = "sweep") -> dict:
+    """``rec`` run at learning rate ``lr`` in ``study``, with a run id of its own."""
+    rec = copy.deepcopy(rec)
+    rec["config"]["trainer"] = {"learning_rate": lr}
+    rec["config"]["study"] = study
+    rec["run_id"] += f"-lr{lr:g}"
+    return rec
+
+
+def test_runs_at_another_learning_rate_are_another_cell_not_a_rerun():
+    low = at_lr(record("rte", "lora", 8, 41), 1e-3)  # 70.00
+    high = at_lr(record("rte", "lora", 8, 42), 1e-2)  # 72.00
+    high["seed"] = high["config"]["seed"] = 41  # the same seed, finished later: not a rerun of `low`
+    glue = tables_by_name([low, high])["glue_sweep_tiny-deberta"]
+    assert glue.header[:4] == ["Method", "LR", "r̄", "#Params"]
+    assert [row[:2] + [row[glue.header.index("RTE")]] for row in glue.rows] == [
+        ["LoRA", "0.001", "70.00 (n=1)"],
+        ["LoRA", "0.01", "72.00 (n=1)"],
+    ]
+    assert not any("Superseded" in note for note in glue.notes)
+
+
+def test_a_table_names_the_learning_rate_of_each_row():
+    tuned = [at_lr(record("rte", "lora", 8, 41), 1e-3), at_lr(record("mrpc", "lora", 8, 41), 3e-4)]
+    tuned.append(at_lr(record("rte", "adalora", 8, 41), 1e-2))
+    glue = tables_by_name(tuned)["glue_sweep_tiny-deberta"]
+    assert "LR" not in glue.header  # one rate per cell: no row per rate
+    assert (
+        "Learning rate (trainer.learning_rate) per row: LoRA r8: 0.0003 (MRPC); 0.001 (RTE) | AdaLoRA r8: 0.01 (RTE)."
+        in glue.notes
+    )
+    same = tables_by_name([at_lr(record("rte", m, 8, 41), 1e-3) for m in ("lora", "adalora")])
+    assert (
+        "Learning rate (trainer.learning_rate): 0.001 in every cell." in same["glue_sweep_tiny-deberta"].notes
+    )
+
+
+def test_increlora_random_allocation_control_is_not_in_the_main_table():
+    sensitivity = record("rte", "increlora", 8, 41)  # 70.50
+    control = record("rte", "increlora", 8, 41)
+    control.update(run_id="rte-increlora-random", finished_at="2026-01-02T00:00:00+0000")
+    control["config"]["method"]["score"] = "random"
+    control["best"]["accuracy"] = 0.10
+    glue = tables_by_name([sensitivity, control])["glue_fixture_tiny-deberta"]
+    assert glue.rows[0][glue.header.index("RTE")] == "70.50 (n=1)"
+    assert "rte-increlora-random" not in {
+        r["run_id"] for rs in plots.selected_runs([sensitivity, control]).values() for r in rs
+    }
+
+
 # -- figures ---------------------------------------------------------------------------------------
 def test_rank_grid_is_layer_by_matrix_type():
     layers, types, grid = plots.final_rank_grid(record("rte", "triadapt", 2, 41))
@@ -176,6 +226,13 @@ def test_plots_use_the_tables_selection():
     assert "rte-triadapt-tiny-deberta-r2-s41" in ids
     assert not ids & {"rte-triadapt-tiny-deberta-r2-s42", "mrpc-lora-old-r2-s41"}  # failed, superseded
     assert "rte-triadapt-exponential-tiny-deberta-r2-s41" not in ids  # an ablation, not the default
+
+
+def test_plots_leave_out_a_cell_run_at_several_learning_rates():
+    sweep = [at_lr(record("rte", "lora", 8, 41), lr) for lr in (1e-3, 1e-2)]  # one seed, two rates
+    single = at_lr(record("mrpc", "lora", 8, 41), 1e-3)
+    ids = {r["run_id"] for r in plots.selected_runs([*sweep, single])[("sweep", "tiny-deberta")]}
+    assert ids == {single["run_id"]}
 
 
 # -- W&B -------------------------------------------------------------------------------------------

@@ -64,8 +64,6 @@ def variant_label(method: str, method_cfg: dict) -> str:
     ]
     if method_cfg.get("schedule") == "fixed":
         changed.append(f"top_h={method_cfg.get('top_h')}")
-    if method_cfg.get("score") == "random" and "score=random" not in changed:  # IncreLoRA's control too
-        changed.append("score=random")
     return " ".join(changed) or DEFAULT
 
 

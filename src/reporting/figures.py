@@ -1,7 +1,7 @@
 """Figures from run records alone: ``python -m src.reporting.figures [--runs results/runs] [--out results/figures]``.
 
 Per (study, backbone) group of runs, the same selection as the tables (src/reporting/tables.py: ok runs at the
-methods' default options, the latest per seed), written as PNG and PDF; studies with a write-up of their
+methods' default options, the latest per seed; cells run at several learning rates left out), written as PNG and PDF; studies with a write-up of their
 own (``STUDIES_WITH_WRITEUP``: cpu-repro) get theirs beside the write-up instead:
 
 - ``rank_heatmaps_<group>_<budget>``: final rank per layer × matrix type, one panel per adaptive
@@ -25,7 +25,15 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from src.records import atomic_write
-from src.reporting.tables import METHOD_LABEL, METHOD_ORDER, TASK_LABEL, latest_ok, load_records, runs_frame
+from src.reporting.tables import (
+    METHOD_LABEL,
+    METHOD_ORDER,
+    TASK_LABEL,
+    latest_ok,
+    load_records,
+    runs_frame,
+    several_lrs,
+)
 
 STYLE = {
     "font.size": 7,
@@ -129,10 +137,14 @@ def rank_heatmap_figure(record: dict) -> Figure | None:
 
 # -- selection (the tables' runs) ------------------------------------------------------------------
 def selected_runs(records: list[dict]) -> dict[tuple[str, str], list[dict]]:
-    """(study, backbone) -> the records the tables use: ok, default options, latest per seed."""
+    """(study, backbone) -> the records the tables use: ok, default options, latest per seed. A cell run
+    at several learning rates (an LR sweep) is left out: its seeds would mix learning rates, and its
+    table gives a row per rate."""
     by_id = {r["run_id"]: r for r in records}
     runs = runs_frame(records)
-    chosen, _ = latest_ok(runs[runs["is_default"]], ["study", "backbone", "task", "method", "budget"])
+    cell = ["study", "backbone", "task", "method", "budget"]
+    chosen, _ = latest_ok(runs[runs["is_default"]], cell)
+    chosen = chosen[~several_lrs(chosen, cell)]
     groups: dict[tuple[str, str], list[dict]] = {}
     for (study, backbone), group in chosen.groupby(["study", "backbone"], sort=True):
         groups[(study, backbone)] = [by_id[i] for i in sorted(group["run_id"])]

@@ -55,10 +55,9 @@ def _score(record: dict) -> str | None:
 
 
 def _is_default(record: dict) -> bool:
-    """The method at its default options: no ablation variant, no random-score control."""
+    """The method at its default options: no ablation variant, no random-score control (a
+    ``DEFAULT_AXES`` axis of both growing methods)."""
     method, method_cfg = record.get("method"), (record.get("config") or {}).get("method") or {}
-    if _score(record) == CONTROL:
-        return False
     return all(method_cfg.get(axis, value) == value for axis, value in DEFAULT_AXES.get(method, {}).items())
 
 

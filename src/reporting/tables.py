@@ -5,7 +5,9 @@ Every number comes from ``results/runs/*.json`` (src/records.py): the best evalu
 seed count. Records are grouped into studies (``config.study``, set by the sweep configs in
 configs/sweep/; ad-hoc runs have none) and backbones, one set of tables per group, so a CPU grid on
 MiniLM never shares a cell with a DeBERTa run. Failed and unfinished runs are excluded from the cells
-and listed under the table. The published rows of spec §8 can be shown beside ours (``--anchors``);
+and listed under the table. A cell is a task × method (or schedule) × budget at one learning rate: a
+learning-rate sweep's cells get a row per rate (column LR), and other tables name the rate of each row
+in a note. The published rows of spec §8 can be shown beside ours (``--anchors``);
 they are marked as published and never mixed into our cells.
 
 Tables: GLUE (rows method × budget, the AdaLoRA Table 1 layout), SQuAD v1.1/v2.0 EM/F1,
@@ -43,7 +45,8 @@ DEFAULT_AXES = {
         "init": "identity",
         "scaling": "rank",
         "new_params_lr": "follow",
-    }
+    },
+    "increlora": {"score": "sensitivity"},  # score=random is the allocation control (spec §5.5)
 }
 SCHEDULES = ["linear", "exponential", "fixed"]
 
@@ -166,7 +169,8 @@ def _variant(method: str, method_cfg: dict) -> dict:
 
 
 RUN_COLUMNS = [
-    "run_id", "status", "study", "backbone", "task", "method", "budget", "avg_rank", "seed", "schedule",
+    "run_id", "status", "study", "backbone", "task", "method", "budget", "avg_rank", "learning_rate", "seed",
+    "schedule",
     "is_default", "ablation_other_default", "params", "finished_at", "best",
 ]  # fmt: skip
 
@@ -190,6 +194,7 @@ def runs_frame(records: Iterable[dict]) -> pd.DataFrame:
                 "method": r["method"],
                 "budget": budget_cfg.get("name", DASH),
                 "avg_rank": budget_cfg.get("avg_rank"),
+                "learning_rate": (config.get("trainer") or {}).get("learning_rate"),
                 "seed": r["seed"],
                 "schedule": method_cfg.get("schedule"),
                 "is_default": all(variant[a] == d for a, d in DEFAULT_AXES.get(r["method"], {}).items()),
@@ -206,10 +211,21 @@ def runs_frame(records: Iterable[dict]) -> pd.DataFrame:
 
 
 def latest_ok(runs: pd.DataFrame, keys: list[str]) -> tuple[pd.DataFrame, list[str]]:
-    """The ok runs, one per ``keys`` + seed (the most recently finished); also the superseded ids."""
+    """The ok runs, one per ``keys`` + learning rate + seed (the most recently finished); also the
+    superseded ids. A run at another learning rate is another cell, never a rerun of this one."""
     ok = runs[runs["status"] == "ok"].sort_values(["finished_at", "run_id"])
-    keep = ok.drop_duplicates([*keys, "seed"], keep="last")
+    keep = ok.drop_duplicates([*keys, "learning_rate", "seed"], keep="last")
     return keep, sorted(set(ok["run_id"]) - set(keep["run_id"]))
+
+
+def several_lrs(ok: pd.DataFrame, keys: list[str]) -> pd.Series:
+    """Per row of ``ok``: does its ``keys`` cell hold runs at more than one learning rate?"""
+    count = ok.groupby(keys, dropna=False)["learning_rate"].transform(lambda lr: lr.nunique(dropna=False))
+    return count > 1
+
+
+def fmt_lr(lr) -> str:
+    return DASH if lr is None or (isinstance(lr, float) and math.isnan(lr)) else f"{lr:g}"
 
 
 # -- cells -----------------------------------------------------------------------------------------
@@ -340,12 +356,38 @@ def _present_columns(columns: list[Column], runs: pd.DataFrame, all_columns: boo
 
 
 def _row_order(
-    keys: pd.DataFrame, row_field: str, order: list[str], required: Iterable[tuple] = ()
+    keys: pd.DataFrame, row_field: str, order: list[str], required: Iterable[tuple] = (), by_lr: bool = False
 ) -> list[tuple]:
-    """(row key, budget name, r̄) of every row, highest budget first (the paper's order), then ``order``."""
+    """(row key, budget name, r̄, learning rate) of every row, highest budget first (the paper's order),
+    then ``order``, then the learning rate; the learning rate is None unless ``by_lr``."""
     rank = {name: i for i, name in enumerate(order)}
-    pairs = set(zip(keys[row_field], keys["budget"], keys["avg_rank"], strict=True)) | set(required)
-    return sorted(pairs, key=lambda p: (-(p[2] or 0), p[1], rank.get(p[0], len(rank)), str(p[0])))
+    lrs = keys["learning_rate"] if by_lr else [None] * len(keys)
+    rows = set(zip(keys[row_field], keys["budget"], keys["avg_rank"], lrs, strict=True))
+    if not by_lr:  # a sweep's rows are the rates that ran
+        rows |= {(*req, None) for req in required}
+    return sorted(rows, key=lambda p: (-(p[2] or 0), p[1], rank.get(p[0], len(rank)), str(p[0]), p[3] or 0.0))
+
+
+def _lr_note(ok: pd.DataFrame, row_field: str, row_labels: dict[str, str], rows: list[tuple]) -> str | None:
+    """The learning rate of each row's cells, for a table whose rows are not split by it; None when no
+    record names one (records written before the trainer config was stored)."""
+    known = ok[ok["learning_rate"].notna()]
+    if known.empty:
+        return None
+    lrs = sorted(set(known["learning_rate"]))
+    if len(lrs) == 1:
+        return f"Learning rate (trainer.learning_rate): {fmt_lr(lrs[0])} in every cell."
+    parts = []
+    for key, budget, _, _ in rows:
+        cell = known[(known[row_field] == key) & (known["budget"] == budget)]
+        if cell.empty:
+            continue
+        tasks_at = cell.groupby("learning_rate")["task"].agg(
+            lambda t: ", ".join(TASK_LABEL.get(x, x) for x in dict.fromkeys(t))
+        )
+        at = "; ".join(f"{fmt_lr(lr)} ({tasks})" for lr, tasks in tasks_at.items())
+        parts.append(f"{row_labels.get(key, str(key))} {budget}: {at}")
+    return "Learning rate (trainer.learning_rate) per row: " + " | ".join(parts) + "."
 
 
 def _excluded_notes(group: pd.DataFrame, superseded: list[str]) -> list[str]:
@@ -388,37 +430,47 @@ def build_table(
     tasks = list(dict.fromkeys(c.task for c in columns))
     table_runs = group[group["task"].isin(tasks)]
     ok, superseded = latest_ok(table_runs, ["task", row_field, "budget"])
+    # A learning-rate sweep puts several learning rates in one cell: each gets a row of its own.
+    by_lr = bool(several_lrs(ok, ["task", row_field, "budget"]).any())
     avg_tasks = [t for t in GLUE_TASKS if t in tasks] if averages else []
-    header = ["Method" if row_field == "method" else row_field.capitalize(), "r̄", "#Params"]
-    header += [c.header for c in columns]
+    header = ["Method" if row_field == "method" else row_field.capitalize(), *(["LR"] if by_lr else [])]
+    header += ["r̄", "#Params", *(c.header for c in columns)]
     if avg_tasks:
         header += [f"Avg ({len(avg_tasks)}-metric)", "Avg (task mean)"]
+    order = _row_order(ok if by_lr else table_runs, row_field, row_order, required_rows, by_lr)
+    params_at = header.index("#Params")
     rows = []
-    for key, budget, avg_rank in _row_order(table_runs, row_field, row_order, required_rows):
+    for key, budget, avg_rank, lr in order:
         cell_runs = ok[(ok[row_field] == key) & (ok["budget"] == budget)]
+        if by_lr:
+            cell_runs = cell_runs[cell_runs["learning_rate"] == lr]
         means: dict[tuple[str, str], float | None] = {}
         metrics = {(c.task, c.metric) for c in columns}
         metrics |= {(t, m) for t in avg_tasks for m in ONE_METRIC[t] + TASK_MEAN[t]}
         for task, metric in metrics:
             values = metric_values(cell_runs, task, metric)
             means[(task, metric)] = statistics.mean(values) if values else None
-        row = [row_labels.get(key, str(key)), str(avg_rank) if avg_rank is not None else DASH]
-        row.append(mean_params(cell_runs["params"]))
+        row = [row_labels.get(key, str(key)), *([fmt_lr(lr)] if by_lr else [])]
+        row += [str(avg_rank) if avg_rank is not None else DASH, mean_params(cell_runs["params"])]
         row += [fmt_cell(metric_values(cell_runs, c.task, c.metric)) for c in columns]
         if avg_tasks:
             for scheme in (ONE_METRIC, TASK_MEAN):
                 avg = task_average(means, avg_tasks, scheme)
                 row.append(DASH if avg is None else f"{avg:.2f}")
         rows.append(row)
-    column_max = max([row[2] for row in rows if row[2] is not None], default=0)
+    column_max = max([row[params_at] for row in rows if row[params_at] is not None], default=0)
     for row in rows:
-        row[2] = fmt_params(row[2], column_max)
+        row[params_at] = fmt_params(row[params_at], column_max)
     notes = [
         "Cells: best dev evaluation of each run (selected on the task's primary metric), ×100; "
         "mean ± sample std over seeds, n = number of seeds; — = no run or no value.",
         "#Params: adapter parameters at the end of training (budget.final.effective_adapter, heads "
         "excluded), mean over the row's runs.",
     ]
+    if by_lr:
+        notes.append("LR: trainer.learning_rate; a cell run at several learning rates has a row per rate.")
+    elif (lr_note := _lr_note(ok, row_field, row_labels, order)) is not None:
+        notes.append(lr_note)
     if avg_tasks:
         names = ", ".join(TASK_LABEL[t] for t in avg_tasks)
         notes.append(
