@@ -136,8 +136,8 @@ def find_ok_record(runs_dir: str | Path, run_id: str, config: dict) -> Path | No
 
 
 def git_state(cwd: str | Path = ".") -> dict:
-    """HEAD and whether tracked files differ from it, read once per process: the jobs of a multirun
-    run the code imported at its start, even if a commit lands while they run."""
+    """HEAD and whether tracked files outside results/ differ from it, read once per process: the jobs
+    of a multirun run the code imported at its start, even if a commit lands while they run."""
     return dict(_git_state(str(Path(cwd).resolve())))
 
 
@@ -150,7 +150,10 @@ def _git_state(cwd: str) -> dict:
         sha = git("rev-parse", "HEAD")
         if sha.returncode != 0:
             return {"sha": None, "dirty": None}
-        dirty = git("status", "--porcelain", "--untracked-files=no").stdout.strip() != ""
+        # results/ holds what runs produce (records, tables, write-ups), not code: a sweep that renders
+        # its write-up between chunks must not mark the next chunk's runs as run from modified code.
+        status = git("status", "--porcelain", "--untracked-files=no", "--", ":(top)", ":(top,exclude)results")
+        dirty = status.stdout.strip() != ""
         return {"sha": sha.stdout.strip(), "dirty": dirty}
     except (OSError, subprocess.TimeoutExpired):
         return {"sha": None, "dirty": None}

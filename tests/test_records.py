@@ -3,10 +3,11 @@
 import json
 import os
 import stat
+import subprocess
 
 import pytest
 
-from src.records import atomic_write_json, config_hash, default_run_id, find_ok_record
+from src.records import _git_state, atomic_write_json, config_hash, default_run_id, find_ok_record
 
 
 def test_atomic_write_replaces_whole_file_and_leaves_no_temp(tmp_path):
@@ -87,3 +88,23 @@ def test_find_ok_record_matches_by_identity_not_only_by_file_name(tmp_path):
     assert find_ok_record(tmp_path, default_run_id(other), other) is None  # a different run
     atomic_write_json(old_path, {"status": "failed", "config": older})
     assert find_ok_record(tmp_path, run_id, config) is None  # only ok records count
+
+
+def test_a_changed_results_file_does_not_make_the_code_dirty(tmp_path):
+    """A sweep re-renders its write-up (results/) between chunks; only code changes mark a run dirty."""
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True)
+
+    (tmp_path / "results").mkdir()
+    (tmp_path / "src").mkdir()
+    (tmp_path / "results" / "README.md").write_text("table\n")
+    (tmp_path / "src" / "method.py").write_text("x = 1\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "init")
+    (tmp_path / "results" / "README.md").write_text("table, re-rendered\n")
+    assert _git_state(str(tmp_path / "src"))["dirty"] is False
+    (tmp_path / "src" / "method.py").write_text("x = 2\n")
+    _git_state.cache_clear()
+    assert _git_state(str(tmp_path / "src"))["dirty"] is True
