@@ -277,6 +277,9 @@ def spread_table(main: pd.DataFrame) -> tuple[list[str], list[dict[str, float]]]
 # scripts/adapter_startup.py) is, in practice, training its classifier head alone.
 INERT_EFFECT_SHARE = 0.05
 STARTUP = "results/diagnostics/adapter_startup.json"  # scripts/adapter_startup.py's untagged output
+# Beside it, the same measurement at each method's selected LR (issue #20), one file per task:
+# ``scripts/adapter_startup.py --task <task> --selected-lrs --tag _tuned_<task>``.
+TUNED_STARTUP = "adapter_startup_tuned_{task}.json"
 
 
 def budget_response_table(main: pd.DataFrame) -> tuple[list[str], dict[str, dict[str, tuple[int, int]]]]:
@@ -324,8 +327,61 @@ def load_startup(path: str | Path) -> dict | None:
         "budget": meta.get("budget"),
         "steps": max(r["points"][-1]["step"] for r in rows),
         "effect": {r["method"]: r["points"][-1]["effect"] for r in rows},
+        "lr": {r["method"]: r.get("lr") for r in rows},
         "source": path.with_suffix(".md").as_posix(),
     }
+
+
+def load_tuned_startups(folder: str | Path) -> dict[str, dict]:
+    """task -> ``load_startup`` of its measurement at the selected LRs, for the tasks measured so far."""
+    found = {task: load_startup(Path(folder) / TUNED_STARTUP.format(task=task)) for task in TASKS}
+    return {task: startup for task, startup in found.items() if startup}
+
+
+def tuned_startup_section(startups: dict[str, dict], selected: dict[tuple[str, str], float]) -> list[str]:
+    """The inert-adapter diagnostic redone at the selected LRs: each method's adapter effect per task,
+    and the methods still below ``INERT_EFFECT_SHARE`` of LoRA's."""
+    out = ["### Does every adapter move the model at its selected LR?", ""]
+    todo = [t for t in TASKS if t not in startups]
+    if len(todo) == len(TASKS):
+        return out + ["Not measured yet: `python scripts/adapter_startup.py --task <task> --selected-lrs "
+                      "--tag _tuned_<task>` for each task.", ""]  # fmt: skip
+    rows, inert, stale = [], [], []
+    for task in [t for t in TASKS if t in startups]:
+        startup = startups[task]
+        effect, lrs = startup["effect"], startup["lr"]
+        cells = []
+        for method in METHOD_ORDER:
+            if method not in effect:
+                cells.append(DASH)
+                continue
+            chosen = selected.get((task, method))
+            measured = lrs.get(method)
+            cell = f"{_pct(effect[method])} ({lr_selection.fmt_lr(measured) if measured else '?'})"
+            if chosen is None or measured is None or not math.isclose(measured, chosen):
+                stale.append(f"{METHOD_LABEL[method]} on {TASK_LABEL[task]}")
+                cell += "‡"
+            reference = effect.get(REFERENCE)
+            if method != REFERENCE and reference and effect[method] < INERT_EFFECT_SHARE * reference:
+                inert.append(f"{METHOD_LABEL[method]} on {TASK_LABEL[task]}")
+            cells.append(cell)
+        rows.append([TASK_LABEL[task], str(startup["steps"]), *cells])
+    sources = ", ".join(f"`{startups[t]['source']}`" for t in TASKS if t in startups)
+    out += [
+        "How far each adapter has moved the encoder after the first steps of the run (seed 41, r̄ 8): "
+        "‖h_on − h_off‖ / ‖h_off‖ of the last hidden state on 64 dev examples, at each method's selected "
+        f"LR (in brackets). The fixed-lr study's measurement (lr 1e-3) is in its section below. From {sources}.",
+        "",
+        *_table(["Task", "steps", *[METHOD_LABEL[m] for m in METHOD_ORDER]], rows),
+        "",
+        f"Below {_pct(INERT_EFFECT_SHARE)} of LoRA's effect on the same task (an adapter that has barely "
+        "moved the model): " + ("; ".join(inert) if inert else "none") + ".",
+    ]
+    if stale:
+        out.append(f"‡ measured at an LR that is not the one selected now ({'; '.join(stale)}): rerun it.")
+    if todo:
+        out.append("Not measured yet: " + ", ".join(TASK_LABEL[t] for t in todo) + ".")
+    return out + [""]
 
 
 def inert_methods(same: dict[str, dict[str, tuple[int, int]]], startup: dict | None = None) -> list[str]:
@@ -696,7 +752,7 @@ def control_claim(found: list[dict]) -> str:
     return text + "**Not supported at this scale**: the score is indistinguishable from random allocation."
 
 
-def tuned_section(records: list[dict]) -> list[str]:
+def tuned_section(records: list[dict], startups: dict[str, dict] | None = None) -> list[str]:
     """The tuned protocol (issue #20): every method at its selected LR, the control, the claims."""
     selected = lr_selection.selected_lrs(records)
     if not selected:
@@ -769,6 +825,8 @@ def tuned_section(records: list[dict]) -> list[str]:
         "",
         *control,
         "",
+        *tuned_startup_section(startups or {}, selected),
+        "",
     ]
     if response:
         out += ["### Does the budget matter?", "", *response, ""]
@@ -802,7 +860,12 @@ def lr_selection_section(records: list[dict]) -> list[str]:
     ]
 
 
-def render(records: list[dict], figure_names: list[str], startup: dict | None = None) -> str:
+def render(
+    records: list[dict],
+    figure_names: list[str],
+    startup: dict | None = None,
+    tuned_startups: dict[str, dict] | None = None,
+) -> str:
     frame = study_frame(records)
     if frame.empty:
         return "# CPU mini-reproduction\n\nNo finished runs of the `cpu-repro` study yet: run `make cpu-repro`.\n"
@@ -822,7 +885,7 @@ def render(records: list[dict], figure_names: list[str], startup: dict | None = 
         "×100. Pretrained MiniLM-L6 with all six linear maps of each layer adapted, on 2 CPU cores "
         "(configs/sweep/cpu_repro.yaml).",
         "",
-        *tuned_section(records),
+        *tuned_section(records, tuned_startups),
         *lr_selection_section(records),
     ]
     out = [
@@ -923,7 +986,13 @@ def write_report(
     figures = report_figures(records)
     paths = [path for stem, fig in figures.items() for path in save(fig, out / "figures" / stem)]
     readme = out / "README.md"
-    atomic_write_text(readme, render(records, [f"{stem}.png" for stem in figures], load_startup(startup)))
+    text = render(
+        records,
+        [f"{stem}.png" for stem in figures],
+        load_startup(startup),
+        load_tuned_startups(Path(startup).parent),
+    )
+    atomic_write_text(readme, text)
     return [readme, *paths]
 
 

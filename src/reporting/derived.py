@@ -55,7 +55,9 @@ class Derived:
         return set(self.texts) | {stem.with_suffix(s) for stem in self.figures for s in FIGURE_SUFFIXES}
 
 
-def derive(records: list[dict], startup: dict | None) -> Derived:
+def derive(
+    records: list[dict], startup: dict | None, tuned_startups: dict[str, dict] | None = None
+) -> Derived:
     """Everything derived from ``records``, paths relative to the results folder; figures are built
     but not drawn (drawing is what takes the time)."""
     out = Derived()
@@ -65,22 +67,36 @@ def derive(records: list[dict], startup: dict | None) -> Derived:
     out.figures = {Path("figures", stem): fig for stem, fig in study_figures(records).items()}
     report = cpu_repro.report_figures(records)
     out.figures |= {Path(cpu_repro.STUDY, "figures", stem): fig for stem, fig in report.items()}
-    readme = cpu_repro.render(records, [f"{stem}.png" for stem in report], startup)
+    readme = cpu_repro.render(records, [f"{stem}.png" for stem in report], startup, tuned_startups)
     out.texts[Path(cpu_repro.STUDY, "README.md")] = readme
     return out
 
 
-def load_startup(path: Path, results_dir: Path) -> dict | None:
-    """cpu_repro's adapter-effect measurement, its source named from the repository root (the folder
-    holding ``results_dir``) however the path was given, so the write-up reads the same from anywhere."""
-    startup = cpu_repro.load_startup(path)
-    if startup:
-        try:
-            source = path.with_suffix(".md").resolve().relative_to(results_dir.resolve().parent)
-            startup["source"] = source.as_posix()
-        except ValueError:  # kept outside the repository: named as given
-            pass
+def _from_root(startup: dict, path: Path, results_dir: Path) -> dict:
+    """``startup`` with its source named from the repository root (the folder holding ``results_dir``)
+    however the path was given, so the write-up reads the same from anywhere."""
+    try:
+        startup["source"] = (
+            path.with_suffix(".md").resolve().relative_to(results_dir.resolve().parent).as_posix()
+        )
+    except ValueError:  # kept outside the repository: named as given
+        pass
     return startup
+
+
+def load_startup(path: Path, results_dir: Path) -> dict | None:
+    """cpu_repro's adapter-effect measurement at lr 1e-3."""
+    startup = cpu_repro.load_startup(path)
+    return _from_root(startup, path, results_dir) if startup else None
+
+
+def load_tuned_startups(path: Path, results_dir: Path) -> dict[str, dict]:
+    """The same measurement at the selected LRs, per task, from the files beside ``path``."""
+    found = cpu_repro.load_tuned_startups(path.parent)
+    return {
+        task: _from_root(startup, path.parent / cpu_repro.TUNED_STARTUP.format(task=task), results_dir)
+        for task, startup in found.items()
+    }
 
 
 def present(results_dir: Path) -> set[Path]:
@@ -119,7 +135,7 @@ def record_files(runs_dir: Path, committed_only: bool) -> list[Path]:
 def write_results(runs_dir: Path, results_dir: Path, startup: Path) -> tuple[list[Path], list[Path]]:
     """Write every derived file from the records in ``runs_dir``; remove stale ones. (written, removed)"""
     records = [load_record(path) for path in record_files(runs_dir, committed_only=False)]
-    derived = derive(records, load_startup(startup, results_dir))
+    derived = derive(records, load_startup(startup, results_dir), load_tuned_startups(startup, results_dir))
     written = []
     for rel, text in derived.texts.items():
         atomic_write_text(results_dir / rel, text)
@@ -135,7 +151,7 @@ def write_results(runs_dir: Path, results_dir: Path, startup: Path) -> tuple[lis
 def differences(runs_dir: Path, results_dir: Path, startup: Path) -> list[str]:
     """How the derived files in ``results_dir`` differ from what the committed records give."""
     records = [load_record(path) for path in record_files(runs_dir, committed_only=True)]
-    derived = derive(records, load_startup(startup, results_dir))
+    derived = derive(records, load_startup(startup, results_dir), load_tuned_startups(startup, results_dir))
     want, have = derived.files(), present(results_dir)
     found = [f"{results_dir / rel} is missing" for rel in sorted(want - have)]
     found += [
