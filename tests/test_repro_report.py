@@ -296,3 +296,22 @@ def test_the_tuned_write_up_shows_the_adapter_effect_at_the_selected_lrs(tmp_pat
     assert "| RTE | 80 | 40% (1e-3) | — | — | 30% (3e-3) |" in tuned
     assert "moved the model): none." in tuned and "‡" not in tuned
     assert "Not measured yet: `python scripts/adapter_startup.py" in rr.render(tuned_grid(), [])
+
+
+def test_the_selection_stage_says_when_every_cell_is_selected():
+    def point(task, method, lr, value):
+        r = repro_record(task, method, 8, 41, value)
+        r["config"]["study"] = "cpu-repro-lr"
+        r["config"].setdefault("trainer", {})["learning_rate"] = lr
+        r["run_id"] += f"-{lr}"
+        return r
+
+    peak = {1e-3: 0.5, 3e-3: 0.6, 1e-2: 0.55}  # an interior best: no edge point to add
+    records = [point(t, m, lr, v) for t in rr.TASKS for m in rr.METHOD_ORDER for lr, v in peak.items()]
+    done = rr.lr_selection_section(records)
+    assert (
+        done[0] == "## Tuned protocol, stage 1: learning-rate selection"
+        and "Every cell is selected." in done[2]
+    )
+    open_ = rr.lr_selection_section(records[1:])  # RTE LoRA lost its 1e-3 point
+    assert open_[0].endswith("(under way)") and "Points still to run: 1." in open_[2]

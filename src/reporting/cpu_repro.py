@@ -345,7 +345,7 @@ def tuned_startup_section(startups: dict[str, dict], selected: dict[tuple[str, s
     todo = [t for t in TASKS if t not in startups]
     if len(todo) == len(TASKS):
         return out + ["Not measured yet: `python scripts/adapter_startup.py --task <task> --selected-lrs "
-                      "--tag _tuned_<task>` for each task.", ""]  # fmt: skip
+                      "--tag _tuned_<task>` for each task."]  # fmt: skip
     rows, inert, stale = [], [], []
     for task in [t for t in TASKS if t in startups]:
         startup = startups[task]
@@ -381,7 +381,7 @@ def tuned_startup_section(startups: dict[str, dict], selected: dict[tuple[str, s
         out.append(f"‡ measured at an LR that is not the one selected now ({'; '.join(stale)}): rerun it.")
     if todo:
         out.append("Not measured yet: " + ", ".join(TASK_LABEL[t] for t in todo) + ".")
-    return out + [""]
+    return out
 
 
 def inert_methods(same: dict[str, dict[str, tuple[int, int]]], startup: dict | None = None) -> list[str]:
@@ -835,7 +835,7 @@ def tuned_section(records: list[dict], startups: dict[str, dict] | None = None) 
 
 
 def lr_selection_section(records: list[dict]) -> list[str]:
-    """The tuned protocol's first stage (issue #20), while it is under way: the grid and what is left."""
+    """The tuned protocol's first stage (issue #20): the grid, and what is left while it is under way."""
     selections = lr_selection.grid_points(records)
     if not any(
         sel.sources.get(lr) == lr_selection.LR_STUDY for sel in selections.values() for lr in sel.scores
@@ -847,13 +847,14 @@ def lr_selection_section(records: list[dict]) -> list[str]:
         len(lr_selection.GRID) for t in TASKS for m in methods if (t, m) not in selections
     )
     return [
-        "## Tuned protocol, stage 1: learning-rate selection (under way)",
+        f"## Tuned protocol, stage 1: learning-rate selection{' (under way)' if to_run else ''}",
         "",
         "One rule for every method × task (README, *The tuned protocol*): r̄ 8, seed 41, lr ∈ {1e-3, 3e-3, "
         "1e-2}; a best LR at an edge adds the next point beyond it (3e-4 or 3e-2); the best dev score "
         "selects, the smaller LR on a tie. † marks a reused record (the fixed-lr study at 1e-3, the earlier "
         "RTE check at 1e-2, both the same configuration); bold is the selected LR. A cell's main-grid runs "
-        f"and controls start once its LR is selected (`tuned-<task>` chunks). Points still to run: {to_run}.",
+        "and controls start once its LR is selected (`tuned-<task>` chunks). "
+        + (f"Points still to run: {to_run}." if to_run else "Every cell is selected."),
         "",
         *lr_selection.selection_table(selections, TASKS, methods),
         "",
