@@ -315,3 +315,12 @@ def test_the_selection_stage_says_when_every_cell_is_selected():
     )
     open_ = rr.lr_selection_section(records[1:])  # RTE LoRA lost its 1e-3 point
     assert open_[0].endswith("(under way)") and "Points still to run: 1." in open_[2]
+
+
+def test_the_tuned_write_up_counts_the_runs_left_and_their_time():
+    text = rr.render(tuned_grid(), [])
+    # RTE: 1 LoRA and 1 TriAdaptLoRA seed at r̄ 8, every r̄ 2 run and AdaLoRA/IncreLoRA at r̄ 8 (26);
+    # MRPC 32, STS-B, CoLA and SST-2 16 each. Controls: RTE 1 + 4, MRPC 8, CoLA 4, STS-B 4.
+    # Every selection and tuned run took 100 s: 127 runs, 3.5 h.
+    assert "Left: 106 main-grid runs and 21 control runs, about 3.5 h of run time" in text
+    assert "(RTE 2 min, MRPC 2 min," in text and "about 1.8 h elapsed with two runs side by side" in text

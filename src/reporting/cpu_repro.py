@@ -700,6 +700,50 @@ def remaining_hours(main: pd.DataFrame) -> tuple[int, float]:
     return missing, seconds / 3600
 
 
+def tuned_remaining(main: pd.DataFrame, controls: pd.DataFrame, records: list[dict]) -> str | None:
+    """One line on the tuned runs still missing and their time, at each task's mean wall time per run
+    under this protocol so far (selection and tuned runs: the fixed-lr study's ran faster); None when
+    nothing is missing."""
+    planned = {t: len(lr_selection.TUNED_SEEDS[t].split(",")) for t in TASKS}
+    main_left = {
+        t: sum(
+            max(
+                planned[t] - int(((main["task"] == t) & (main["budget"] == b) & (main["method"] == m)).sum()),
+                0,
+            )
+            for b in ("r2", "r8")
+            for m in METHOD_ORDER
+        )
+        for t in TASKS
+    }
+    control_left = {
+        t: sum(
+            max(planned[t] - int(((controls["task"] == t) & (controls["method"] == m)).sum()), 0)
+            for m in lr_selection.CONTROLLED
+        )
+        for t in lr_selection.CONTROL_TASKS
+    }
+    if not sum(main_left.values()) + sum(control_left.values()):
+        return None
+    walls: dict[str, list[float]] = {}
+    for r in records:
+        study = (r.get("config") or {}).get("study")
+        if study in (lr_selection.LR_STUDY, lr_selection.TUNED_STUDY) and r.get("status") == "ok":
+            if r.get("wall_time_s"):
+                walls.setdefault(r["task"], []).append(r["wall_time_s"])
+    if not walls:
+        return None
+    overall = statistics.mean(w for ws in walls.values() for w in ws)
+    per_run = {t: statistics.mean(walls[t]) if t in walls else overall for t in TASKS}
+    hours = sum((main_left[t] + control_left.get(t, 0)) * per_run[t] for t in TASKS) / 3600
+    return (
+        f"Left: {sum(main_left.values())} main-grid runs and {sum(control_left.values())} control runs, "
+        f"about {hours:.1f} h of run time at each task's mean wall time per run under this protocol so far ("
+        + ", ".join(f"{TASK_LABEL[t]} {per_run[t] / 60:.0f} min" for t in TASKS)
+        + f"): about {hours / 2:.1f} h elapsed with two runs side by side."
+    )
+
+
 # -- the write-up ----------------------------------------------------------------------------------
 def tuned_frame(records: list[dict], selected: dict[tuple[str, str], float]) -> pd.DataFrame:
     """The tuned protocol's runs: main grid and controls at each cell's selected LR, seed 41 left out."""
@@ -790,6 +834,8 @@ def tuned_section(records: list[dict], startups: dict[str, dict] | None = None) 
     if missing:
         out += ["**Incomplete** — seeds finished per method where fewer than planned:", ""]
         out += [f"- {m}" for m in missing] + [""]
+    if (left := tuned_remaining(main, controls, records)) is not None:
+        out += [left, ""]
     paired, pairs = paired_table(main, REFERENCE)
     spread, stds = spread_table(main)
     times, relative, clock = time_table(main)
