@@ -1,8 +1,9 @@
 """Figures from run records alone: ``python -m src.reporting.figures [--runs results/runs] [--out results/figures]``.
 
 Per (study, backbone) group of runs, the same selection as the tables (src/reporting/tables.py: ok runs at the
-methods' default options, the latest per seed; cells run at several learning rates left out), written as PNG and PDF; studies with a write-up of their
-own (``STUDIES_WITH_WRITEUP``: cpu-repro) get theirs beside the write-up instead:
+methods' default options, the latest per seed; cells run at several learning rates left out), written as
+PNG and PDF; studies with a write-up of their own (``STUDIES_WITH_WRITEUP``: cpu-repro) get theirs beside
+the write-up instead:
 
 - ``rank_heatmaps_<group>_<budget>``: final rank per layer × matrix type, one panel per adaptive
   method and task (mean over seeds), from ``rank_patterns.modules`` and the last ``rank_patterns.history``;
