@@ -378,9 +378,9 @@ def tuned_startup_section(startups: dict[str, dict], selected: dict[tuple[str, s
         "moved the model): " + ("; ".join(inert) if inert else "none") + ".",
     ]
     if stale:
-        out.append(f"‡ measured at an LR that is not the one selected now ({'; '.join(stale)}): rerun it.")
+        out += ["", f"‡ measured at an LR that is not the one selected now ({'; '.join(stale)}): rerun it."]
     if todo:
-        out.append("Not measured yet: " + ", ".join(TASK_LABEL[t] for t in todo) + ".")
+        out += ["", "Not measured yet: " + ", ".join(TASK_LABEL[t] for t in todo) + "."]
     return out
 
 
