@@ -8,7 +8,8 @@ step hook) and every ``--every`` steps measures on a fixed probe of dev examples
 - ``effect``: how much the adapter has changed the encoder's output: ‖h_on − h_off‖ / ‖h_off‖ per
   token of the last hidden state, averaged over the probe's tokens, with h_off from the method's own
   ``disable_adapter`` (heads do not enter it: disabling also swaps the trained heads out);
-- ``probe_loss``: the probe's cross-entropy (trained heads, adapter on).
+- ``probe_loss``: the task's loss on the probe (cross-entropy; mean squared error for STS-B's
+  regression head), trained heads, adapter on.
 
 Writes results/diagnostics/adapter_startup<tag>.json and .md.
 """
@@ -71,7 +72,7 @@ def batches(dataset, collator, size: int, seed: int):
 def probe(method, model, inputs) -> dict:
     model.eval()
     features = {k: v for k, v in inputs.items() if k != "labels"}
-    out = model(**features, output_hidden_states=True)
+    out = model(**inputs, output_hidden_states=True)  # with the labels: the head's own loss
     with method.disable_adapter(model):
         off = model(**features, output_hidden_states=True).hidden_states[-1]
     model.train()
@@ -80,7 +81,7 @@ def probe(method, model, inputs) -> dict:
     relative = (on - off).norm(dim=-1)[mask] / off.norm(dim=-1)[mask]
     return {
         "effect": float(relative.mean()),
-        "probe_loss": float(torch.nn.functional.cross_entropy(out.logits, inputs["labels"])),
+        "probe_loss": float(out.loss),
     }
 
 
@@ -153,8 +154,8 @@ def markdown(rows: list[dict], meta: dict) -> str:
         lines.append(f"| {r['method']} | {r['lr']:g} | {cells} |")
     lines += [
         "",
-        "**Probe loss** (cross-entropy on the probe) and mean training loss over the preceding steps "
-        "(regulariser included):",
+        "**Probe loss** (the task's loss on the probe: cross-entropy, or mean squared error for regression) "
+        "and mean training loss over the preceding steps (regulariser included):",
         "",
         "| Method | " + " | ".join(f"step {s}" for s in steps[1:]) + " |",
         "|---|" + "---|" * (len(steps) - 1),

@@ -78,3 +78,19 @@ def test_selected_lrs_refuse_an_open_cell_in_one_line(tmp_path):
         "--chunk lr-rte --chunk lr-edge-rte first"
     ]
     assert not (tmp_path / "out").exists()  # nothing written
+
+
+@pytest.mark.skipif(not (DATA / "stsb").is_dir(), reason="needs ../shared/data/glue/stsb")
+def test_startup_diagnostic_runs_on_a_regression_task(tmp_path):
+    """STS-B's head is a regression: the probe's loss is the head's own (mean squared error)."""
+    command = [
+        sys.executable, "scripts/adapter_startup.py", "--task", "stsb",
+        "task.max_train_samples=16", "task.max_eval_samples=4", "trainer.per_device_train_batch_size=4",
+        "--data-dir", str(DATA), "--steps", "1", "--every", "1", "--probe", "4", "--out", str(tmp_path),
+        "--tag", "_stsb", "--methods", "lora",
+    ]  # fmt: skip
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (row,) = json.loads((tmp_path / "adapter_startup_stsb.json").read_text())["rows"]
+    assert [p["step"] for p in row["points"]] == [0, 1]
+    assert all(p["probe_loss"] > 0 for p in row["points"])
