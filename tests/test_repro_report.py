@@ -277,7 +277,12 @@ def test_the_tuned_protocol_opens_the_write_up_with_its_own_tables_and_verdicts(
 def test_the_tuned_write_up_shows_the_adapter_effect_at_the_selected_lrs(tmp_path):
     def startup(task, measured):  # method -> (lr, effect after 80 steps)
         rows = [
-            {"method": m, "lr": lr, "points": [{"step": 0, "effect": 0.0}, {"step": 80, "effect": e}]}
+            {
+                "method": m,
+                "lr": lr,
+                "total_step": 234,
+                "points": [{"step": 0, "effect": 0.0}, {"step": 80, "effect": e}],
+            }
             for m, (lr, e) in measured.items()
         ]
         path = tmp_path / rr.TUNED_STARTUP.format(task=task)
@@ -287,13 +292,13 @@ def test_the_tuned_write_up_shows_the_adapter_effect_at_the_selected_lrs(tmp_pat
     startup("rte", {"lora": (1e-3, 0.40), "triadapt": (1e-3, 0.01)})
     tuned = rr.render(tuned_grid(), [], None, rr.load_tuned_startups(tmp_path)).split("## Fixed-lr")[0]
     assert "### Does every adapter move the model at its selected LR?" in tuned
-    assert "| RTE | 80 | 40% (1e-3) | — | — | 1% (1e-3)‡ |" in tuned
+    assert "| RTE | 80 of 234 | 40% (1e-3) | — | — | 1% (1e-3)‡ |" in tuned
     assert "moved the model): TriAdaptLoRA on RTE." in tuned
     assert "‡ measured at an LR that is not the one selected now (TriAdaptLoRA on RTE)" in tuned
     assert "Not measured yet: MRPC, STS-B, CoLA, SST-2." in tuned
     startup("rte", {"lora": (1e-3, 0.40), "triadapt": (3e-3, 0.30)})
     tuned = rr.render(tuned_grid(), [], None, rr.load_tuned_startups(tmp_path)).split("## Fixed-lr")[0]
-    assert "| RTE | 80 | 40% (1e-3) | — | — | 30% (3e-3) |" in tuned
+    assert "| RTE | 80 of 234 | 40% (1e-3) | — | — | 30% (3e-3) |" in tuned
     assert "moved the model): none." in tuned and "‡" not in tuned
     assert "Not measured yet: `python scripts/adapter_startup.py" in rr.render(tuned_grid(), [])
 

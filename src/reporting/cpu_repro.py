@@ -326,6 +326,7 @@ def load_startup(path: str | Path) -> dict | None:
         "task": meta.get("task"),
         "budget": meta.get("budget"),
         "steps": max(r["points"][-1]["step"] for r in rows),
+        "total_step": max((r.get("total_step") or 0 for r in rows), default=0) or None,
         "effect": {r["method"]: r["points"][-1]["effect"] for r in rows},
         "lr": {r["method"]: r.get("lr") for r in rows},
         "source": path.with_suffix(".md").as_posix(),
@@ -365,7 +366,8 @@ def tuned_startup_section(startups: dict[str, dict], selected: dict[tuple[str, s
             if method != REFERENCE and reference and effect[method] < INERT_EFFECT_SHARE * reference:
                 inert.append(f"{METHOD_LABEL[method]} on {TASK_LABEL[task]}")
             cells.append(cell)
-        rows.append([TASK_LABEL[task], str(startup["steps"]), *cells])
+        of = f" of {startup['total_step']}" if startup.get("total_step") else ""
+        rows.append([TASK_LABEL[task], f"{startup['steps']}{of}", *cells])
     sources = ", ".join(f"`{startups[t]['source']}`" for t in TASKS if t in startups)
     out += [
         "How far each adapter has moved the encoder after the first steps of the run (seed 41, r̄ 8): "
