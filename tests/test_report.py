@@ -168,6 +168,14 @@ def test_runs_at_another_learning_rate_are_another_cell_not_a_rerun():
         ["LoRA", "0.01", "72.00 (n=1)"],
     ]
     assert not any("Superseded" in note for note in glue.notes)
+    unknown = record("rte", "lora", 8, 43)  # 71.00, written before records stored the trainer config
+    glue = tables_by_name([low, high, {**unknown, "config": {**unknown["config"], "study": "sweep"}}])
+    rows = [row[:2] + [row[4]] for row in glue["glue_sweep_tiny-deberta"].rows]
+    assert rows == [
+        ["LoRA", "—", "71.00 (n=1)"],
+        ["LoRA", "0.001", "70.00 (n=1)"],
+        ["LoRA", "0.01", "72.00 (n=1)"],
+    ]
 
 
 def test_a_table_names_the_learning_rate_of_each_row():

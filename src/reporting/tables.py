@@ -442,8 +442,9 @@ def build_table(
     rows = []
     for key, budget, avg_rank, lr in order:
         cell_runs = ok[(ok[row_field] == key) & (ok["budget"] == budget)]
-        if by_lr:
-            cell_runs = cell_runs[cell_runs["learning_rate"] == lr]
+        if by_lr:  # a record written before the trainer config was stored has no rate: a row of its own
+            at = cell_runs["learning_rate"].isna() if lr is None else cell_runs["learning_rate"] == lr
+            cell_runs = cell_runs[at]
         means: dict[tuple[str, str], float | None] = {}
         metrics = {(c.task, c.metric) for c in columns}
         metrics |= {(t, m) for t in avg_tasks for m in ONE_METRIC[t] + TASK_MEAN[t]}
