@@ -164,8 +164,8 @@ def test_runs_at_another_learning_rate_are_another_cell_not_a_rerun():
     glue = tables_by_name([low, high])["glue_sweep_tiny-deberta"]
     assert glue.header[:4] == ["Method", "LR", "r̄", "#Params"]
     assert [row[:2] + [row[glue.header.index("RTE")]] for row in glue.rows] == [
-        ["LoRA", "0.001", "70.00 (n=1)"],
-        ["LoRA", "0.01", "72.00 (n=1)"],
+        ["LoRA", "1e-3", "70.00 (n=1)"],
+        ["LoRA", "1e-2", "72.00 (n=1)"],
     ]
     assert not any("Superseded" in note for note in glue.notes)
     unknown = record("rte", "lora", 8, 43)  # 71.00, written before records stored the trainer config
@@ -173,8 +173,8 @@ def test_runs_at_another_learning_rate_are_another_cell_not_a_rerun():
     rows = [row[:2] + [row[4]] for row in glue["glue_sweep_tiny-deberta"].rows]
     assert rows == [
         ["LoRA", "—", "71.00 (n=1)"],
-        ["LoRA", "0.001", "70.00 (n=1)"],
-        ["LoRA", "0.01", "72.00 (n=1)"],
+        ["LoRA", "1e-3", "70.00 (n=1)"],
+        ["LoRA", "1e-2", "72.00 (n=1)"],
     ]
 
 
@@ -184,12 +184,12 @@ def test_a_table_names_the_learning_rate_of_each_row():
     glue = tables_by_name(tuned)["glue_sweep_tiny-deberta"]
     assert "LR" not in glue.header  # one rate per cell: no row per rate
     assert (
-        "Learning rate (trainer.learning_rate) per row: LoRA r8: 0.0003 (MRPC); 0.001 (RTE) | AdaLoRA r8: 0.01 (RTE)."
+        "Learning rate (trainer.learning_rate) per row: LoRA r8: 3e-4 (MRPC); 1e-3 (RTE) | AdaLoRA r8: 1e-2 (RTE)."
         in glue.notes
     )
     same = tables_by_name([at_lr(record("rte", m, 8, 41), 1e-3) for m in ("lora", "adalora")])
     assert (
-        "Learning rate (trainer.learning_rate): 0.001 in every cell." in same["glue_sweep_tiny-deberta"].notes
+        "Learning rate (trainer.learning_rate): 1e-3 in every cell." in same["glue_sweep_tiny-deberta"].notes
     )
 
 
@@ -416,3 +416,16 @@ def test_a_killed_and_rerun_run_imports_as_its_finished_record():
     ok_earlier = {"run_id": "b", "status": "ok", "finished_at": "2026-01-01T00:00:00+0000", "n": 4}
     picked = latest_per_run([rerun, killed, failed_later, ok_earlier])
     assert sorted(r["n"] for r in picked) == [2, 4]
+
+
+def test_learning_rates_print_short_and_exact():
+    # One formatter for every table and write-up; rounding 1.5e-4 to "2e-4" would name another run.
+    assert [report.fmt_lr(lr) for lr in (1e-3, 3e-4, 1e-2, 1.5e-4, 2e-5, 0.1)] == [
+        "1e-3",
+        "3e-4",
+        "1e-2",
+        "1.5e-4",
+        "2e-5",
+        "1e-1",
+    ]
+    assert report.fmt_lr(None) == report.fmt_lr(float("nan")) == report.DASH

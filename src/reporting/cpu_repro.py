@@ -33,6 +33,7 @@ from src.reporting.tables import (
     METHOD_ORDER,
     TASK_LABEL,
     fmt_cell,
+    fmt_lr,
     load_records,
 )
 
@@ -358,7 +359,7 @@ def tuned_startup_section(startups: dict[str, dict], selected: dict[tuple[str, s
                 continue
             chosen = selected.get((task, method))
             measured = lrs.get(method)
-            cell = f"{_pct(effect[method])} ({lr_selection.fmt_lr(measured) if measured else '?'})"
+            cell = f"{_pct(effect[method])} ({fmt_lr(measured) if measured else '?'})"
             if chosen is None or measured is None or not math.isclose(measured, chosen):
                 stale.append(f"{METHOD_LABEL[method]} on {TASK_LABEL[task]}")
                 cell += "‡"
@@ -687,19 +688,28 @@ def ablation_coverage(frame: pd.DataFrame) -> str | None:
     )
 
 
+def missing_runs(frame: pd.DataFrame, planned: dict[str, int], budgets, methods) -> dict[str, int]:
+    """Per task: the runs each (budget, method) cell still lacks against its planned seed count."""
+    return {
+        task: sum(
+            max(n - int(((frame["task"] == task) & (frame["budget"] == b) & (frame["method"] == m)).sum()), 0)
+            for b in budgets
+            for m in methods
+        )
+        for task, n in planned.items()
+    }
+
+
 def remaining_hours(main: pd.DataFrame) -> tuple[int, float]:
     """Main-grid runs still missing, and their wall time at each task's mean wall time per finished run
     (the mean over all tasks where a task has none yet)."""
     overall = main["wall_time_s"].mean()
-    missing, seconds = 0, 0.0
-    for task, planned in PLANNED_SEEDS.items():
+    left = missing_runs(main, PLANNED_SEEDS, ("r2", "r8"), METHOD_ORDER)
+    seconds = 0.0
+    for task, n in left.items():
         rows = main[main["task"] == task]
-        per_run = rows["wall_time_s"].mean() if len(rows) else overall
-        for budget in ("r2", "r8"):
-            for method in METHOD_ORDER:
-                n = planned - int(((rows["budget"] == budget) & (rows["method"] == method)).sum())
-                missing, seconds = missing + max(n, 0), seconds + max(n, 0) * per_run
-    return missing, seconds / 3600
+        seconds += n * (rows["wall_time_s"].mean() if len(rows) else overall)
+    return sum(left.values()), seconds / 3600
 
 
 def tuned_remaining(main: pd.DataFrame, controls: pd.DataFrame, records: list[dict]) -> str | None:
@@ -707,24 +717,13 @@ def tuned_remaining(main: pd.DataFrame, controls: pd.DataFrame, records: list[di
     under this protocol so far (selection and tuned runs: the fixed-lr study's ran faster); None when
     nothing is missing."""
     planned = {t: len(lr_selection.TUNED_SEEDS[t].split(",")) for t in TASKS}
-    main_left = {
-        t: sum(
-            max(
-                planned[t] - int(((main["task"] == t) & (main["budget"] == b) & (main["method"] == m)).sum()),
-                0,
-            )
-            for b in ("r2", "r8")
-            for m in METHOD_ORDER
-        )
-        for t in TASKS
-    }
-    control_left = {
-        t: sum(
-            max(planned[t] - int(((controls["task"] == t) & (controls["method"] == m)).sum()), 0)
-            for m in lr_selection.CONTROLLED
-        )
-        for t in lr_selection.CONTROL_TASKS
-    }
+    main_left = missing_runs(main, planned, ("r2", "r8"), METHOD_ORDER)
+    control_left = missing_runs(
+        controls,
+        {t: planned[t] for t in lr_selection.CONTROL_TASKS},
+        (lr_selection.BUDGET,),
+        lr_selection.CONTROLLED,
+    )
     if not sum(main_left.values()) + sum(control_left.values()):
         return None
     walls: dict[str, list[float]] = {}
@@ -806,7 +805,7 @@ def tuned_section(records: list[dict], startups: dict[str, dict] | None = None) 
     frame = tuned_frame(records, selected)
     lr_rows = [
         [TASK_LABEL[t], *[
-            (lr_selection.fmt_lr(selected[(t, m)]) + ("†" if lr_selection.reuses_fixed_lr(m, selected[(t, m)]) else ""))
+            (fmt_lr(selected[(t, m)]) + ("†" if lr_selection.reuses_fixed_lr(m, selected[(t, m)]) else ""))
             if (t, m) in selected else "open"
             for m in METHOD_ORDER
         ]]

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from src.reporting.tables import DEFAULT_AXES
+from src.reporting.tables import DEFAULT_AXES, fmt_lr
 
 LR_STUDY = "cpu-repro-lr"
 SEED, BUDGET = 41, "r8"
@@ -125,10 +125,6 @@ def edge_sweeps(records: list[dict]) -> dict[str, list[str]]:
                 f"method={method} budget={BUDGET} trainer.learning_rate={edge[0]:g} study={LR_STUDY}"
             )
     return sweeps
-
-
-def fmt_lr(lr: float) -> str:
-    return f"{lr:.0e}".replace("e-0", "e-")
 
 
 def selection_table(

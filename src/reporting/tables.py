@@ -225,7 +225,11 @@ def several_lrs(ok: pd.DataFrame, keys: list[str]) -> pd.Series:
 
 
 def fmt_lr(lr) -> str:
-    return DASH if lr is None or (isinstance(lr, float) and math.isnan(lr)) else f"{lr:g}"
+    """A learning rate as researchers write it (3e-4, 1.5e-4), exact to seven significant digits."""
+    if lr is None or (isinstance(lr, float) and math.isnan(lr)):
+        return DASH
+    mantissa, exponent = f"{lr:.6e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
 
 
 # -- cells -----------------------------------------------------------------------------------------
