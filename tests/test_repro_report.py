@@ -194,7 +194,7 @@ def test_a_method_whose_measured_adapter_effect_is_tiny_is_flagged_inert(tmp_pat
     path.write_text(json.dumps({"meta": {"task": "rte", "budget": "r8"}, "rows": rows}))
     startup = rr.load_startup(path)
     assert startup["steps"] == 234 and startup["effect"]["increlora"] == 0.0065
-    assert rr.inert_methods({}, startup) == ["increlora"]
+    assert rr.inert_methods({}, [startup]) == ["increlora"]
     records = [repro_record("rte", m, r, 41, 0.5 + r / 100) for m in ("lora", "increlora") for r in (2, 8)]
     text = rr.render(records, [], startup)
     assert "Caveat: IncreLoRA barely moves the model" in text
@@ -296,10 +296,19 @@ def test_the_tuned_write_up_shows_the_adapter_effect_at_the_selected_lrs(tmp_pat
     assert "moved the model): TriAdaptLoRA on RTE." in tuned
     assert "‡ measured at an LR that is not the one selected now (TriAdaptLoRA on RTE)" in tuned
     assert "Not measured yet: MRPC, STS-B, CoLA, SST-2." in tuned
+    assert "Caveat" not in tuned  # a measurement at another LR says nothing about the tuned runs
+    startup("rte", {"lora": (1e-3, 0.40), "triadapt": (3e-3, 0.01)})
+    tuned = rr.render(tuned_grid(), [], None, rr.load_tuned_startups(tmp_path)).split("## Fixed-lr")[0]
+    claims = tuned.split("### Claims of the paper under the tuned protocol")[1]
+    assert "0. **Caveat: TriAdaptLoRA barely moves the model under this protocol.**" in claims
+    assert (
+        "Measured on RTE (budget r8, 80 steps;" in claims
+        and "by 1% (TriAdaptLoRA), against 40% (LoRA)." in claims
+    )
     startup("rte", {"lora": (1e-3, 0.40), "triadapt": (3e-3, 0.30)})
     tuned = rr.render(tuned_grid(), [], None, rr.load_tuned_startups(tmp_path)).split("## Fixed-lr")[0]
     assert "| RTE | 80 of 234 | 40% (1e-3) | — | — | 30% (3e-3) |" in tuned
-    assert "moved the model): none." in tuned and "‡" not in tuned
+    assert "moved the model): none." in tuned and "‡" not in tuned and "Caveat" not in tuned
     assert "Not measured yet: `python scripts/adapter_startup.py" in rr.render(tuned_grid(), [])
 
 

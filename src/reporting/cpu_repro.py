@@ -363,8 +363,7 @@ def tuned_startup_section(startups: dict[str, dict], selected: dict[tuple[str, s
             if chosen is None or measured is None or not math.isclose(measured, chosen):
                 stale.append(f"{METHOD_LABEL[method]} on {TASK_LABEL[task]}")
                 cell += "‡"
-            reference = effect.get(REFERENCE)
-            if method != REFERENCE and reference and effect[method] < INERT_EFFECT_SHARE * reference:
+            if method in _below_reference(effect):
                 inert.append(f"{METHOD_LABEL[method]} on {TASK_LABEL[task]}")
             cells.append(cell)
         of = f" of {startup['total_step']}" if startup.get("total_step") else ""
@@ -387,20 +386,39 @@ def tuned_startup_section(startups: dict[str, dict], selected: dict[tuple[str, s
     return out
 
 
-def inert_methods(same: dict[str, dict[str, tuple[int, int]]], startup: dict | None = None) -> list[str]:
+def _below_reference(effect: dict[str, float]) -> set[str]:
+    reference = effect.get(REFERENCE)
+    if not reference:
+        return set()
+    return {m for m, e in effect.items() if m != REFERENCE and e < INERT_EFFECT_SHARE * reference}
+
+
+def inert_methods(same: dict[str, dict[str, tuple[int, int]]], startups: list[dict] = ()) -> list[str]:
     """Methods whose adapter has barely moved the model: measured directly (adapter effect below
-    ``INERT_EFFECT_SHARE`` of LoRA's), or seen in the scores (every one of at least ``MIN_PAIRS`` seed pairs
-    of some task scores exactly the same at both budgets)."""
-    flagged = set()
-    effect = (startup or {}).get("effect", {})
-    if effect.get(REFERENCE):
-        flagged |= {
-            m for m, e in effect.items() if m != REFERENCE and e < INERT_EFFECT_SHARE * effect[REFERENCE]
-        }
+    ``INERT_EFFECT_SHARE`` of LoRA's on some task in ``startups``), or seen in the scores (every one of at
+    least ``MIN_PAIRS`` seed pairs of some task scores exactly the same at both budgets)."""
+    flagged = set().union(*(_below_reference(s.get("effect", {})) for s in startups))
     for method, per_task in same.items():
         if any(pairs >= MIN_PAIRS and equal == pairs for equal, pairs in per_task.values()):
             flagged.add(method)
     return [m for m in METHOD_ORDER if m in flagged]
+
+
+def at_selected_lrs(startups: dict[str, dict], selected: dict[tuple[str, str], float]) -> list[dict]:
+    """The tuned measurements, each keeping only the methods measured at the LR now selected for them:
+    an effect measured at another LR says nothing about the runs being compared."""
+    current = []
+    for task, startup in startups.items():
+        effect = {
+            m: e
+            for m, e in startup["effect"].items()
+            if (lr := startup["lr"].get(m)) is not None
+            and (task, m) in selected
+            and math.isclose(lr, selected[(task, m)])
+        }
+        if effect:
+            current.append({**startup, "task": startup.get("task") or task, "effect": effect})
+    return current
 
 
 def _count(n: int, noun: str) -> str:
@@ -411,21 +429,28 @@ def _pct(x: float) -> str:
     return f"{100 * x:.2g}%" if x < 0.1 else f"{100 * x:.0f}%"
 
 
-def inert_caveat(methods: list[str], same: dict, startup: dict | None) -> list[str]:
+def _effects(effect: dict[str, float], methods: list[str]) -> str:
+    return ", ".join(f"{_pct(effect[m])} ({METHOD_LABEL[m]})" for m in methods)
+
+
+def inert_caveat(methods: list[str], same: dict, startups: list[dict] = ()) -> list[str]:
     if not methods:
         return []
     names = " and ".join(METHOD_LABEL[m] for m in methods)
     parts = [
         f"0. **Caveat: {names} barely move{'s' if len(methods) == 1 else ''} the model under this protocol.**"
     ]
-    effect = (startup or {}).get("effect", {})
-    if all(m in effect for m in methods):
+    for startup in startups:
+        effect = startup.get("effect", {})
+        # quote a measurement where it shows a flagged method inert, with every flagged method's number
+        if not (_below_reference(effect) & set(methods)) or not all(m in effect for m in methods):
+            continue
         others = [m for m in METHOD_ORDER if m in effect and m not in methods]
-        measured = lambda ms: ", ".join(f"{_pct(effect[m])} ({METHOD_LABEL[m]})" for m in ms)  # noqa: E731
         parts.append(
             f"Measured on {TASK_LABEL.get(startup['task'], startup['task'])} (budget {startup['budget']}, "
             f"{startup['steps']} steps; {startup['source']}), the adapter changes the encoder's last hidden "
-            f"state by {measured(methods)}" + (f", against {measured(others)}." if others else ".")
+            f"state by {_effects(effect, methods)}"
+            + (f", against {_effects(effect, others)}." if others else ".")
         )
     for m in methods:
         tasks = [t for t, (equal, pairs) in same.get(m, {}).items() if equal == pairs]
@@ -569,12 +594,11 @@ def schedule_evidence(ablations: list[dict]) -> str | None:
     )
 
 
-def claims(
-    main, pairs_vs_lora, stds, relative, ablations, clock="wall", same=None, startup=None
-) -> list[str]:
-    """The paper's claims, each with what these runs say (computed, not typed in)."""
+def claims(main, pairs_vs_lora, stds, relative, ablations, clock="wall", same=None, startups=()) -> list[str]:
+    """The paper's claims, each with what these runs say (computed, not typed in). ``startups``:
+    scripts/adapter_startup.py's measurements of the LRs these runs used, for the inert-adapter caveat."""
     same = same or {}
-    lines = inert_caveat(inert_methods(same, startup), same, startup)
+    lines = inert_caveat(inert_methods(same, startups), same, startups)
     methods = _methods(main)
     cells = [(t, b) for b, _ in _budgets(main) for t in _tasks(main)]
     best_in, contested = 0, 0  # a cell counts once every method has a run in it
@@ -860,8 +884,7 @@ def tuned_section(
             if missing
             else []
         ),
-        # scripts/adapter_startup.py's file is measured at lr 1e-3: not evidence at the selected LRs
-        *claims(main, pairs, stds, relative, [], clock, same, None),
+        *claims(main, pairs, stds, relative, [], clock, same, at_selected_lrs(startups or {}, selected)),
         "4. **The linear schedule is best.** Not re-run under the tuned protocol; the only evidence is the "
         "fixed-lr study's schedule ablation (every method at lr 1e-3, below): "
         + (schedule_evidence(list(fixed_lr_ablations)) or "no schedule ablation has finished yet."),
@@ -975,7 +998,7 @@ def render(
     out += [
         "## Claims of the paper, checked at this scale",
         "",
-        *claims(main, pairs, stds, relative, ablations, clock, same, startup),
+        *claims(main, pairs, stds, relative, ablations, clock, same, [startup] if startup else []),
         "",
     ]
     out += ["## Results (mean ± std over seeds, n)", "", *results_table(main), ""]
