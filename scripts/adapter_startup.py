@@ -172,6 +172,22 @@ def markdown(rows: list[dict], meta: dict) -> str:
     return "\n".join(lines)
 
 
+def command_line(argv: list[str], root: Path = ROOT) -> str:
+    """The command as it is run from the repository root: an absolute path inside the repository is
+    written relative to it, so the committed file names a command any clone can rerun."""
+
+    def portable(arg: str) -> str:
+        if arg.startswith("--") and "=" in arg:  # --out=/abs/path
+            flag, value = arg.split("=", 1)
+            return f"{flag}={portable(value)}"
+        path = Path(arg)
+        if path.is_absolute() and path.resolve().is_relative_to(root.resolve()):
+            return path.resolve().relative_to(root.resolve()).as_posix()
+        return arg
+
+    return " ".join(["python scripts/adapter_startup.py", *map(portable, argv)])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", default="rte")
@@ -227,7 +243,7 @@ def main() -> None:
         raise SystemExit(f"error: {err}") from None
     rows = [run_method(name, args, per_method[name]) for name in args.methods]
     meta = {
-        "command": "python scripts/adapter_startup.py " + " ".join(sys.argv[1:]),
+        "command": command_line(sys.argv[1:]),
         "task": args.task, "budget": args.budget, "seed": args.seed, "probe": args.probe,
         "git": git_state(), "versions": package_versions(), "host": platform.node(),
         "wall_s": time.time() - started,

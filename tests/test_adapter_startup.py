@@ -94,3 +94,20 @@ def test_startup_diagnostic_runs_on_a_regression_task(tmp_path):
     (row,) = json.loads((tmp_path / "adapter_startup_stsb.json").read_text())["rows"]
     assert [p["step"] for p in row["points"]] == [0, 1]
     assert all(p["probe_loss"] > 0 for p in row["points"])
+
+
+def test_the_recorded_command_names_repository_paths_relative_to_its_root(tmp_path):
+    from scripts.adapter_startup import command_line
+
+    argv = [
+        "--runs",
+        str(ROOT / "results" / "runs"),
+        f"--out={ROOT / 'results' / 'diagnostics'}",
+        "--task",
+        "rte",
+    ]
+    argv += ["--data-dir", str(tmp_path)]  # outside the repository: kept as typed
+    assert command_line(argv) == (
+        "python scripts/adapter_startup.py --runs results/runs --out=results/diagnostics --task rte "
+        f"--data-dir {tmp_path}"
+    )
