@@ -357,10 +357,9 @@ def tuned_startup_section(startups: dict[str, dict], selected: dict[tuple[str, s
             if method not in effect:
                 cells.append(DASH)
                 continue
-            chosen = selected.get((task, method))
             measured = lrs.get(method)
             cell = f"{_pct(effect[method])} ({fmt_lr(measured) if measured else '?'})"
-            if chosen is None or measured is None or not math.isclose(measured, chosen):
+            if not _at_selected_lr(startup, task, method, selected):
                 stale.append(f"{METHOD_LABEL[method]} on {TASK_LABEL[task]}")
                 cell += "‡"
             if method in _below_reference(effect):
@@ -404,18 +403,17 @@ def inert_methods(same: dict[str, dict[str, tuple[int, int]]], startups: list[di
     return [m for m in METHOD_ORDER if m in flagged]
 
 
+def _at_selected_lr(startup: dict, task: str, method: str, selected: dict[tuple[str, str], float]) -> bool:
+    measured, chosen = startup["lr"].get(method), selected.get((task, method))
+    return measured is not None and chosen is not None and math.isclose(measured, chosen)
+
+
 def at_selected_lrs(startups: dict[str, dict], selected: dict[tuple[str, str], float]) -> list[dict]:
     """The tuned measurements, each keeping only the methods measured at the LR now selected for them:
     an effect measured at another LR says nothing about the runs being compared."""
     current = []
     for task, startup in startups.items():
-        effect = {
-            m: e
-            for m, e in startup["effect"].items()
-            if (lr := startup["lr"].get(m)) is not None
-            and (task, m) in selected
-            and math.isclose(lr, selected[(task, m)])
-        }
+        effect = {m: e for m, e in startup["effect"].items() if _at_selected_lr(startup, task, m, selected)}
         if effect:
             current.append({**startup, "task": startup.get("task") or task, "effect": effect})
     return current
