@@ -351,3 +351,27 @@ def test_the_tuned_claims_quote_the_fixed_lr_schedule_ablation():
     tuned, fixed = rr.render(tuned_grid() + ablation, []).split("## Fixed-lr")
     evidence = "1 paired comparison of another schedule against linear: 0 significantly better than linear, 1 significantly worse, 0 unresolved. **Consistent with the claim**"
     assert claim + evidence in tuned and "4. **The linear schedule is best.** " + evidence in fixed
+
+
+@pytest.mark.parametrize("task", sorted(rr.CONSTANT_FLOOR))
+def test_the_constant_prediction_floor_is_the_best_constant_on_the_dev_set(task, shared_data):
+    from src.tasks import glue_metrics
+
+    rows = [json.loads(line) for line in (shared_data / "glue" / task / "validation.jsonl").open()]
+    labels = [row["label"] for row in rows]
+    metric = "matthews" if task == "cola" else "accuracy"
+    best = max(100 * glue_metrics.METRICS[metric]([c] * len(labels), labels) for c in set(labels))
+    assert rr.CONSTANT_FLOOR[task] == pytest.approx(best)
+
+
+def test_the_write_up_flags_a_task_where_every_mean_sits_near_the_constant_floor():
+    # RTE's floor is 52.71: LoRA at 56 and AdaLoRA at 53 are both within 5 points of it
+    near = [repro_record("rte", m, 8, s, v) for m, v in (("lora", 0.56), ("adalora", 0.53)) for s in (41, 42)]
+    text = rr.render(near, [])
+    assert "| Constant prediction | — | 52.71 | 52.71 |" in text
+    assert "Every mean on RTE (best mean 56.00, floor 52.71) is within 5 points" in text
+    # with LoRA clear of it, only AdaLoRA's cell is named
+    clear = near + [repro_record("rte", "lora", 8, s, 0.70) for s in (43, 44)]
+    text = rr.render(clear, [])
+    assert "Every mean on RTE" not in text
+    assert "(a method that barely trained): AdaLoRA r̄ 8 on RTE (53.00, floor 52.71)." in text
