@@ -12,33 +12,41 @@ import shutil
 import sys
 from pathlib import Path
 
-import datasets
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
-from transformers import set_seed
 
 from src.hub import HubUnavailableError, ensure_offline_mode_if_unreachable
-from src.methods import get_method
 from src.records import default_run_id, find_ok_record, load_record
-from src.runtime import distributed
-from src.runtime.backbones import load_model, load_tokenizer
-from src.runtime.checkpoints import checkpoint_step, prepare_run_dir
-from src.runtime.config_schema import check_config
 from src.runtime.sweep_callbacks import write_job_status
-from src.runtime.tracking import RunTracker
-from src.runtime.trainer import AdapterTrainer, MethodCallback, show_progress, training_arguments
-from src.tasks import optimizer_steps, prepare_task
-from src.tasks.sources import DataError
 
 log = logging.getLogger("src.train")
-# Errors that mean "the configuration or the data is wrong": one line, no traceback.
-USER_ERRORS = (ValueError, DataError, HubUnavailableError, FileNotFoundError, FloatingPointError)
+
+
+def user_errors() -> tuple[type[Exception], ...]:
+    """Errors that mean "the configuration or the data is wrong": one line, no traceback."""
+    from src.tasks.sources import DataError
+
+    return ValueError, DataError, HubUnavailableError, FileNotFoundError, FloatingPointError
 
 
 def train(cfg: DictConfig) -> dict:
     """Run one configuration end to end and return its run record (also written to disk)."""
+    # torch, transformers, peft and datasets load here rather than at import: Hydra rejects a wrong
+    # option (method=dora) before main() runs, and then answers in a second instead of ten.
+    import datasets
+    from transformers import set_seed
+
+    from src.methods import get_method
+    from src.runtime import distributed
+    from src.runtime.backbones import load_model, load_tokenizer
+    from src.runtime.checkpoints import checkpoint_step, prepare_run_dir
+    from src.runtime.config_schema import check_config
+    from src.runtime.tracking import RunTracker
+    from src.runtime.trainer import AdapterTrainer, MethodCallback, show_progress, training_arguments
+    from src.tasks import optimizer_steps, prepare_task
+
     config = check_config(cfg)  # a bad value is one line here, before anything is loaded or written
     ensure_offline_mode_if_unreachable()
     datasets.disable_progress_bars()
@@ -131,12 +139,12 @@ def main(cfg: DictConfig) -> float | None:
     except Exception as err:
         write_job_status(cfg, None, err)
         if HydraConfig.get().mode == RunMode.MULTIRUN:  # recorded as failed; the sweep goes on
-            if isinstance(err, USER_ERRORS):
+            if isinstance(err, user_errors()):
                 log.error("run failed: %s", err)
             else:
                 log.exception("run failed; recorded as failed, continuing the sweep")
             return None
-        if isinstance(err, USER_ERRORS):
+        if isinstance(err, user_errors()):
             sys.exit(f"error: {err}")
         raise
     write_job_status(cfg, record, None)

@@ -21,10 +21,12 @@ RECORD_KEYS = {
 }  # fmt: skip
 
 
-def cli(*args: str, cwd: Path = ROOT, timeout: int = 600) -> subprocess.CompletedProcess:
+def cli(
+    *args: str, cwd: Path = ROOT, timeout: int = 600, python: list[str] = ()
+) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     return subprocess.run(
-        [sys.executable, "-m", "src.train", *args],
+        [sys.executable, *python, "-m", "src.train", *args],
         cwd=cwd,
         env=env,
         capture_output=True,
@@ -52,6 +54,7 @@ def test_tiny_deberta_on_real_rte_writes_a_complete_record(cfg_factory, shared_d
         "trainer.max_steps=8",
         "trainer.eval_steps=4",
         "trainer.per_device_train_batch_size=8",
+        "task.max_eval_samples=64",  # one eval batch: the full dev set would be most of the test's time
         "logger=wandb",  # offline (WANDB_MODE=offline in tests): the mirror must work without an account
     )
     record = train(cfg)
@@ -86,6 +89,8 @@ def test_multirun_records_a_failed_job_and_goes_on(shared_data, tmp_path):
         "method=lora",
         "trainer.max_steps=2",
         "trainer.eval_steps=2",
+        "task.max_train_samples=64",
+        "task.max_eval_samples=16",
         "logger=none",
         f"paths.root_dir={tmp_path}",
     )
@@ -113,9 +118,11 @@ def test_bad_input_in_a_single_run_is_one_line_and_recorded(tmp_path):
     assert [r["status"] for r in records(tmp_path)] == ["failed"]
 
 
-def test_unknown_method_lists_the_choices(tmp_path):
-    proc = cli("method=dora", f"paths.root_dir={tmp_path}")
+def test_unknown_method_lists_the_choices_before_torch_loads(tmp_path):
+    proc = cli("method=dora", f"paths.root_dir={tmp_path}", python=["-X", "importtime"])
     assert proc.returncode != 0 and "Could not find 'method/dora'" in proc.stderr and "lora" in proc.stderr
+    imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if "|" in line}
+    assert "hydra" in imported and not imported & {"torch", "transformers", "peft", "datasets"}
 
 
 def test_hub_backbone_while_offline_fails_fast(tmp_path):
