@@ -35,7 +35,7 @@ test: ## the offline CPU test suite without the heavy tests (< 10 min on 2 cores
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=offline \
 		$(PY) -m pytest -q -m "not heavy"
 
-test-slow: ## the heavy tests: torchrun with 2 processes, kill-and-resume, SmolLM2 GGUF (CI runs them too)
+test-slow: ## the heavy tests: torchrun with 2 processes, kill-and-resume, SmolLM2 GGUF, make glue-sweep, the benchmark (CI runs them too)
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=offline \
 		$(PY) -m pytest -q -m heavy
 

@@ -6,9 +6,12 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import ROOT
 
 
+@pytest.mark.heavy  # `make test-slow`: three BERT-base-sized models built and timed, about 20 s
 def test_bench_times_methods_at_the_same_rank_and_writes_the_table(tmp_path):
     command = [
         sys.executable, "scripts/bench_overhead.py", "--random-weights", "--rank", "2", "--steps", "3",

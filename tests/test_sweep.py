@@ -98,7 +98,7 @@ def test_make_glue_sweep_skips_ok_runs_unless_forced():
     assert "'task.data_dir=/data/glue/${task.name}'" in local.stdout
 
 
-@pytest.mark.slow
+@pytest.mark.heavy  # `make test-slow`: four runs and a table through make, about 30 s
 def test_make_glue_sweep_on_tiny_deberta_writes_records_and_a_table(shared_data, tmp_path):
     overrides = [
         "backbone=tiny-deberta", "task=rte,mrpc", "method=lora,triadapt", "budget=r2", "seed=41",
