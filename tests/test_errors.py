@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+import src.runtime.backbones
+import src.tasks
 import src.train
 from src.hub import HubUnavailableError
 from src.runtime.sweep_callbacks import format_summary, summarise_sweep
@@ -52,8 +54,11 @@ def nothing_loads(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the bad value was not caught before loading")
 
-    for name in ("load_tokenizer", "prepare_task", "load_model", "ensure_offline_mode_if_unreachable"):
-        monkeypatch.setattr(src.train, name, refuse)
+    # where train() looks each one up when it runs
+    monkeypatch.setattr(src.train, "ensure_offline_mode_if_unreachable", refuse)
+    monkeypatch.setattr(src.runtime.backbones, "load_tokenizer", refuse)
+    monkeypatch.setattr(src.runtime.backbones, "load_model", refuse)
+    monkeypatch.setattr(src.tasks, "prepare_task", refuse)
 
 
 # One case per class of field: (overrides, the line's regex). Each fails before anything loads.
@@ -130,7 +135,7 @@ def test_several_bad_values_are_named_on_the_one_line(cfg_factory, nothing_loads
 def test_num_labels_that_disagree_with_the_data_stop_before_the_model_loads(
     cfg_factory, shared_data, monkeypatch, tmp_path, task, num_labels, match
 ):
-    monkeypatch.setattr(src.train, "load_model", lambda *a, **k: pytest.fail("the model loaded"))
+    monkeypatch.setattr(src.runtime.backbones, "load_model", lambda *a, **k: pytest.fail("the model loaded"))
     cfg = cfg_factory(
         *TINY,
         *SHORT,
