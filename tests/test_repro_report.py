@@ -375,3 +375,23 @@ def test_the_write_up_flags_a_task_where_every_mean_sits_near_the_constant_floor
     text = rr.render(clear, [])
     assert "Every mean on RTE" not in text
     assert "(a method that barely trained): AdaLoRA r̄ 8 on RTE (53.00, floor 52.71)." in text
+
+
+def test_the_write_up_names_a_run_whose_last_evaluation_collapsed_below_its_best():
+    # STS-B: a prediction without information correlates 0; seed 42 peaked at 56 and ended at 1
+    runs = [repro_record("stsb", "triadapt", 2, s, v) for s, v in ((42, 0.5613), (43, 0.86), (44, 0.85))]
+    for r, last in zip(runs, (0.0116, 0.859, 0.03), strict=True):
+        r["final"] = {"pearson": last}
+    runs[2]["best"] = {"pearson": 0.04}  # never above the band: a run that did not learn, not a collapse
+    text = rr.render(runs, [])
+    assert "Runs that collapsed" in text
+    assert "TriAdaptLoRA r̄ 2 on STS-B, seed 42 (best 56.13, last 1.16)." in text
+    assert "seed 43" not in text and "seed 44" not in text
+    # RTE sits near its floor (52.71): a best of 59 that ends at 55 is evaluation noise, not a collapse
+    rte = repro_record("rte", "lora", 8, 42, 0.5921)
+    rte["final"] = {"accuracy": 0.5523}
+    assert "Runs that collapsed" not in rr.render([rte], [])
+    # a record without a final evaluation is never called collapsed
+    for r in runs:
+        del r["final"]
+    assert "Runs that collapsed" not in rr.render(runs, [])
