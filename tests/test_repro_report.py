@@ -274,6 +274,29 @@ def test_the_tuned_protocol_opens_the_write_up_with_its_own_tables_and_verdicts(
     assert "### Results (mean" in fixed  # the fixed-lr study's sections sit one level down
 
 
+def test_cells_planned_with_two_seeds_show_their_paired_mean_and_are_not_called_pending():
+    # CoLA is planned with seeds 42-43: complete, but too few for an interval
+    def cola(seed, value, lr, study, **options):
+        r = tuned_record("triadapt", seed, value, lr, study, **options)
+        r.update(task="cola", primary_metric="matthews", best={"matthews": value})
+        r["run_id"] = r["run_id"].replace("rte", "cola")
+        return r
+
+    records = tuned_grid()  # the selection grid: TriAdaptLoRA's CoLA best at seed 41 is 3e-3
+    records += [cola(41, v, lr, "cpu-repro-lr") for lr, v in ((1e-3, 0.20), (3e-3, 0.30), (1e-2, 0.25))]
+    for score, options in ((0.30, {}), (0.27, {"score": "random"})):
+        records += [
+            cola(s, score + shift, 3e-3, "cpu-repro-tuned", **options) for s, shift in ((42, 0), (43, 0.02))
+        ]
+    tuned = rr.render(records, []).split("## Fixed-lr")[0]
+    assert (
+        "| CoLA | TriAdaptLoRA | 31.00 ± 1.41 (n=2) | 28.00 ± 1.41 (n=2) | +3.00 (2/2 seeds; too few for an interval) | n/a |"
+        in tuned
+    )
+    assert "1 better, 0 worse, 0 unresolved, 1 on CoLA, planned with fewer than 3 seeds" in tuned
+    assert "paired seeds so far" not in tuned.split("5. **The importance score")[1].split("\n")[0]
+
+
 def test_the_tuned_write_up_shows_the_adapter_effect_at_the_selected_lrs(tmp_path):
     def startup(task, measured):  # method -> (lr, effect after 80 steps)
         rows = [

@@ -166,6 +166,17 @@ def fmt_diff(diff: dict | None) -> str:
     )
 
 
+def fmt_pairs(a: dict[int, float], b: dict[int, float]) -> str:
+    """``a - b`` over their common seeds: the interval where there are ``MIN_PAIRS``, else the mean and
+    its signs (a task planned with two seeds still shows which way its pairs point)."""
+    if (diff := paired_difference(a, b)) is not None:
+        return fmt_diff(diff)
+    d = [a[s] - b[s] for s in sorted(set(a) & set(b))]
+    if not d:
+        return DASH
+    return f"{statistics.mean(d):+.2f} ({sum(x > 0 for x in d)}/{len(d)} seeds; too few for an interval)"
+
+
 def by_seed(frame: pd.DataFrame, **where) -> dict[int, float]:
     rows = frame
     for key, value in where.items():
@@ -323,10 +334,17 @@ def paired_table(main: pd.DataFrame, reference: str) -> tuple[list[str], list[di
             for method in _methods(main):
                 if method == reference:
                     continue
-                diff = paired_difference(by_seed(main, task=task, method=method, budget=budget), ref)
+                mine = by_seed(main, task=task, method=method, budget=budget)
+                diff = paired_difference(mine, ref)
                 found.append({"task": task, "budget": budget, "method": method, "diff": diff})
                 rows.append(
-                    [TASK_LABEL[task], str(avg_rank), METHOD_LABEL[method], fmt_diff(diff), verdict(diff)]
+                    [
+                        TASK_LABEL[task],
+                        str(avg_rank),
+                        METHOD_LABEL[method],
+                        fmt_pairs(mine, ref),
+                        verdict(diff),
+                    ]
                 )
     header = ["Task", "r̄", "Method", f"− {METHOD_LABEL[reference]}: mean [95% t-interval]", "verdict"]
     return _table(header, rows), found
@@ -879,7 +897,7 @@ def control_table(main: pd.DataFrame, controls: pd.DataFrame) -> tuple[list[str]
             found.append({"task": task, "method": method, "diff": diff})
             rows.append(
                 [TASK_LABEL[task], METHOD_LABEL[method], fmt_cell(list(mine.values())),
-                 fmt_cell(list(random_.values())), fmt_diff(diff), verdict(diff)]
+                 fmt_cell(list(random_.values())), fmt_pairs(mine, random_), verdict(diff)]
             )  # fmt: skip
     header = [
         "Task",
@@ -896,11 +914,22 @@ def control_claim(found: list[dict]) -> str:
     counts = {
         k: sum(verdict(f["diff"]) == k for f in found) for k in ("better", "worse", "unresolved", "n/a")
     }
+    # a task planned with fewer seeds than an interval needs stays without one when it is complete
+    planned = {t: len(seeds.split(",")) for t, seeds in lr_selection.TUNED_SEEDS.items()}
+    by_design = [f for f in found if f["diff"] is None and planned[f["task"]] < MIN_PAIRS]
+    so_far = counts["n/a"] - len(by_design)
+    design_tasks = " and ".join(dict.fromkeys(TASK_LABEL[f["task"]] for f in by_design))
     text = (
         f"5. **The importance score allocates better than chance** (the control this study adds). Each "
         f"growing method against its own random-allocation control at r̄ 8, paired by seed: "
         f"{counts['better']} better, {counts['worse']} worse, {counts['unresolved']} unresolved"
-        + (f", {counts['n/a']} with fewer than {MIN_PAIRS} paired seeds so far" if counts["n/a"] else "")
+        + (f", {so_far} with fewer than {MIN_PAIRS} paired seeds so far" if so_far else "")
+        + (
+            f", {len(by_design)} on {design_tasks}, planned with fewer than {MIN_PAIRS} seeds: too few "
+            "for an interval (their paired means are in the control table)"
+            if by_design
+            else ""
+        )
         + ". "
     )
     if not found or counts["n/a"] == len(found):
