@@ -166,10 +166,11 @@ def fmt_diff(diff: dict | None) -> str:
     )
 
 
-def fmt_pairs(a: dict[int, float], b: dict[int, float]) -> str:
-    """``a - b`` over their common seeds: the interval where there are ``MIN_PAIRS``, else the mean and
-    its signs (a task planned with two seeds still shows which way its pairs point)."""
-    if (diff := paired_difference(a, b)) is not None:
+def fmt_pairs(diff: dict | None, a: dict[int, float], b: dict[int, float]) -> str:
+    """``diff`` (``paired_difference(a, b)``) with its interval where there is one, else the mean of
+    ``a - b`` over their common seeds and its signs (a task planned with two seeds still shows which
+    way its pairs point)."""
+    if diff is not None:
         return fmt_diff(diff)
     d = [a[s] - b[s] for s in sorted(set(a) & set(b))]
     if not d:
@@ -342,7 +343,7 @@ def paired_table(main: pd.DataFrame, reference: str) -> tuple[list[str], list[di
                         TASK_LABEL[task],
                         str(avg_rank),
                         METHOD_LABEL[method],
-                        fmt_pairs(mine, ref),
+                        fmt_pairs(diff, mine, ref),
                         verdict(diff),
                     ]
                 )
@@ -897,7 +898,7 @@ def control_table(main: pd.DataFrame, controls: pd.DataFrame) -> tuple[list[str]
             found.append({"task": task, "method": method, "diff": diff})
             rows.append(
                 [TASK_LABEL[task], METHOD_LABEL[method], fmt_cell(list(mine.values())),
-                 fmt_cell(list(random_.values())), fmt_pairs(mine, random_), verdict(diff)]
+                 fmt_cell(list(random_.values())), fmt_pairs(diff, mine, random_), verdict(diff)]
             )  # fmt: skip
     header = [
         "Task",
