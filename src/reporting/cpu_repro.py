@@ -61,6 +61,8 @@ FLOOR_MARGIN = 5.0  # a mean fewer points than this above the floor is a model t
 # What a predictor without information about the label scores: the constant floor, and 0 for a
 # correlation (a constant's is undefined, but a prediction independent of the label correlates 0).
 NO_INFORMATION = {**CONSTANT_FLOOR, "stsb": 0.0}
+# seeds per task the tuned protocol plans (the selection seed apart)
+TUNED_PLANNED = {t: len(seeds.split(",")) for t, seeds in lr_selection.TUNED_SEEDS.items()}
 
 
 # -- records -> one row per run ------------------------------------------------------------------
@@ -850,11 +852,10 @@ def tuned_remaining(main: pd.DataFrame, controls: pd.DataFrame, records: list[di
     """One line on the tuned runs still missing and their time, at each task's mean wall time per run
     under this protocol so far (selection and tuned runs: the fixed-lr study's ran faster); None when
     nothing is missing."""
-    planned = {t: len(lr_selection.TUNED_SEEDS[t].split(",")) for t in TASKS}
-    main_left = missing_runs(main, planned, ("r2", "r8"), METHOD_ORDER)
+    main_left = missing_runs(main, TUNED_PLANNED, ("r2", "r8"), METHOD_ORDER)
     control_left = missing_runs(
         controls,
-        {t: planned[t] for t in lr_selection.CONTROL_TASKS},
+        {t: TUNED_PLANNED[t] for t in lr_selection.CONTROL_TASKS},
         (lr_selection.BUDGET,),
         lr_selection.CONTROLLED,
     )
@@ -916,8 +917,7 @@ def control_claim(found: list[dict]) -> str:
         k: sum(verdict(f["diff"]) == k for f in found) for k in ("better", "worse", "unresolved", "n/a")
     }
     # a task planned with fewer seeds than an interval needs stays without one when it is complete
-    planned = {t: len(seeds.split(",")) for t, seeds in lr_selection.TUNED_SEEDS.items()}
-    by_design = [f for f in found if f["diff"] is None and planned[f["task"]] < MIN_PAIRS]
+    by_design = [f for f in found if f["diff"] is None and TUNED_PLANNED[f["task"]] < MIN_PAIRS]
     so_far = counts["n/a"] - len(by_design)
     design_tasks = " and ".join(dict.fromkeys(TASK_LABEL[f["task"]] for f in by_design))
     text = (
@@ -979,7 +979,7 @@ def tuned_section(
         ]
     main = frame[frame["variant"] == DEFAULT]
     controls = frame[frame["variant"] == "score=random"]
-    missing = coverage(main, {t: len(lr_selection.TUNED_SEEDS[t].split(",")) for t in TASKS})
+    missing = coverage(main, TUNED_PLANNED)
     if missing:
         out += ["**Incomplete** — seeds finished per method where fewer than planned:", ""]
         out += [f"- {m}" for m in missing] + [""]
