@@ -297,6 +297,23 @@ def test_cells_planned_with_two_seeds_show_their_paired_mean_and_are_not_called_
     assert "paired seeds so far" not in tuned.split("5. **The importance score")[1].split("\n")[0]
 
 
+def test_the_tuned_write_up_names_the_commits_its_runs_ran_at_and_counts_dirty_checkouts():
+    records = tuned_grid()
+    for r in records:
+        r["git"] = {"sha": "a" * 40, "dirty": False}
+    controls = [r for r in records if r["config"]["method"].get("score") == "random"]
+    for r in controls[:2]:
+        r["git"] = {"sha": "b" * 40, "dirty": True}
+    tuned = rr.render(records, []).split("## Fixed-lr")[0]
+    # LoRA 42-44 (reused fixed-lr records), TriAdaptLoRA and its control 42-44; seed 41 is not in a table
+    assert (
+        "The 9 runs in these tables ran at commits aaaaaaaa (7), bbbbbbbb (2); 2 say `dirty: true`" in tuned
+    )
+    for r in controls[:2]:
+        r["git"] = {"sha": "a" * 40, "dirty": False}
+    assert "ran at commit aaaaaaaa (9); every checkout was clean." in rr.render(records, [])
+
+
 def test_the_tuned_write_up_shows_the_adapter_effect_at_the_selected_lrs(tmp_path):
     def startup(task, measured):  # method -> (lr, effect after 80 steps)
         rows = [

@@ -111,6 +111,8 @@ def study_frame(records: list[dict], study: str = STUDY, keep=None) -> pd.DataFr
                 "trainable_adapter": final.get("trainable_adapter"),
                 "threads": (r.get("host") or {}).get("torch_threads"),
                 "finished_at": r.get("finished_at") or "",
+                "git_sha": (r.get("git") or {}).get("sha") or "",
+                "git_dirty": bool((r.get("git") or {}).get("dirty")),
             }
         )
     frame = pd.DataFrame(rows)
@@ -881,6 +883,21 @@ def tuned_remaining(main: pd.DataFrame, controls: pd.DataFrame, records: list[di
 
 
 # -- the write-up ----------------------------------------------------------------------------------
+def provenance(frame: pd.DataFrame) -> str:
+    """Which commits the runs behind the tables ran at, and how many had uncommitted changes: a record's
+    git SHA is only evidence of its code when the checkout was clean."""
+    counts = frame.groupby("git_sha", sort=False).size().sort_values(ascending=False)
+    commits = ", ".join(f"{sha[:8] or 'unknown'} ({n})" for sha, n in counts.items())
+    dirty = int(frame["git_dirty"].sum())
+    line = f"The {len(frame)} runs in these tables ran at commit{'s' if len(counts) > 1 else ''} {commits}; "
+    if not dirty:
+        return line + "every checkout was clean."
+    return line + (
+        f"{dirty} say `dirty: true`: their checkout had uncommitted changes when they ran (the `git` "
+        "field of each record in results/runs/)."
+    )
+
+
 def tuned_frame(records: list[dict], selected: dict[tuple[str, str], float]) -> pd.DataFrame:
     """The tuned protocol's runs: main grid and controls at each cell's selected LR, seed 41 left out."""
     return study_frame(records, keep=lambda r: lr_selection.is_tuned_run(r, selected))
@@ -1009,6 +1026,8 @@ def tuned_section(
         *results_table(main),
         "",
         *(line for sentence in near_floor(main) + collapsed_runs(main) for line in (sentence, "")),
+        provenance(frame),
+        "",
         "### Paired comparison against LoRA",
         "",
         *paired,
