@@ -311,7 +311,7 @@ def test_the_tuned_write_up_names_the_commits_its_runs_ran_at_and_counts_dirty_c
     )
     for r in controls[:2]:
         r["git"] = {"sha": "a" * 40, "dirty": False}
-    assert "ran at commit aaaaaaaa (9); every checkout was clean." in rr.render(records, [])
+    assert "ran at commit aaaaaaaa (9); none says `dirty: true`" in rr.render(records, [])
 
 
 def test_the_tuned_write_up_shows_the_adapter_effect_at_the_selected_lrs(tmp_path):

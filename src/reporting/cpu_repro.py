@@ -891,7 +891,7 @@ def provenance(frame: pd.DataFrame) -> str:
     dirty = int(frame["git_dirty"].sum())
     line = f"The {len(frame)} runs in these tables ran at commit{'s' if len(counts) > 1 else ''} {commits}; "
     if not dirty:
-        return line + "every checkout was clean."
+        return line + "none says `dirty: true` (uncommitted changes in its checkout)."
     return line + (
         f"{dirty} say `dirty: true`: their checkout had uncommitted changes when they ran (the `git` "
         "field of each record in results/runs/)."
