@@ -88,27 +88,41 @@ CHUNKS = [
 ]
 
 
-def commands(chunk: Chunk, data_dir: str, runs_dir: str, extra: list[str]) -> list[list[str]]:
-    return [
-        [
-            sys.executable,
-            "-m",
-            "src.train",
-            "-m",
-            "+sweep=cpu_repro",
-            f"seed={chunk.seeds}",
-            f"task={chunk.task}",
-            *sweep.split(),
-            f"task.data_dir={data_dir}/{chunk.task}",
-            f"paths.runs_dir={runs_dir}",
-            "skip_existing=true",
-            "save_adapter=false",
-            # one folder per sweep: sweeps started in the same second (--jobs) must not share one
-            f"hydra.sweep.dir=multirun/cpu-repro/{chunk.name}-{i}/${{now:%Y-%m-%d_%H-%M-%S}}",
-            *extra,
-        ]  # fmt: skip
-        for i, sweep in enumerate(chunk.sweeps)
-    ]
+def commands(
+    chunk: Chunk, data_dir: str, runs_dir: str, extra: list[str], only_seeds: set[str] | None = None
+) -> list[list[str]]:
+    """One ``src.train -m`` command per sweep. A sweep may name its own seeds (a reused cell runs only
+    the seeds its reused study lacks); ``only_seeds`` keeps those seeds alone, so a queue can run
+    every cell's next seed before any cell's last one."""
+    out = []
+    for i, sweep in enumerate(chunk.sweeps):
+        args = sweep.split()
+        own = [a.split("=", 1)[1] for a in args if a.startswith("seed=")]
+        seeds = (own[0] if own else chunk.seeds).split(",")
+        if only_seeds is not None:
+            seeds = [s for s in seeds if s in only_seeds]
+        if not seeds:
+            continue
+        out.append(
+            [
+                sys.executable,
+                "-m",
+                "src.train",
+                "-m",
+                "+sweep=cpu_repro",
+                f"seed={','.join(seeds)}",
+                f"task={chunk.task}",
+                *(a for a in args if not a.startswith("seed=")),
+                f"task.data_dir={data_dir}/{chunk.task}",
+                f"paths.runs_dir={runs_dir}",
+                "skip_existing=true",
+                "save_adapter=false",
+                # one folder per sweep: sweeps started in the same second (--jobs) must not share one
+                f"hydra.sweep.dir=multirun/cpu-repro/{chunk.name}-{i}/${{now:%Y-%m-%d_%H-%M-%S}}",
+                *extra,
+            ]  # fmt: skip
+        )
+    return out
 
 
 def run_queue(queue: list[tuple[str, list[str]]], jobs: int) -> None:
@@ -153,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", default="results/runs", help="where run records are written and read")
     parser.add_argument("--out", default="results/cpu-repro", help="where the write-up goes")
     parser.add_argument("--jobs", type=int, default=1, help="sweeps run at once (cores are shared out)")
+    parser.add_argument("--seed", action="append", help="run only these seeds of each chunk (repeatable)")
     parser.add_argument("--render-only", action="store_true", help="only render the write-up")
     parser.add_argument("--list", action="store_true", help="print the chunks' commands and exit")
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run (e.g. logger=none)")
@@ -172,7 +187,10 @@ def main(argv: list[str] | None = None) -> int:
                     chunk.derived
                 ]
                 chunk.sweeps = derive(load_records(args.runs)).get(chunk.task, [])
-        queue = [(c.name, cmd) for c in chosen for cmd in commands(c, data_dir, args.runs, args.overrides)]
+        only = set(args.seed) if args.seed else None
+        queue = [
+            (c.name, cmd) for c in chosen for cmd in commands(c, data_dir, args.runs, args.overrides, only)
+        ]
         for _, cmd in queue:
             print("$", " ".join(cmd[1:]), flush=True)
         if not args.list:

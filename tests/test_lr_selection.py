@@ -88,19 +88,23 @@ def test_tuned_sweeps_run_selected_cells_reuse_fixed_lr_records_and_add_the_cont
         record("rte", "increlora", 1e-3, 50.0),  # open: two points to run
         record("sst2", "increlora", 1e-3, 50.0),
         record("sst2", "increlora", 3e-3, 55.0),
-        record("sst2", "increlora", 1e-2, 52.0),  # selected, but SST-2 has no control
+        record("sst2", "increlora", 1e-2, 52.0),
     ]
     assert L.selected_lrs(records) == {
         ("rte", "lora"): 1e-3,
         ("rte", "triadapt"): 3e-3,
         ("sst2", "increlora"): 3e-3,
     }
+    at = "study=cpu-repro-tuned"
     assert L.tuned_sweeps(records) == {
-        "rte": [
-            "method=triadapt budget=r2,r8 trainer.learning_rate=0.003 study=cpu-repro-tuned",
-            "method=triadapt budget=r8 method.score=random trainer.learning_rate=0.003 study=cpu-repro-tuned",
+        "rte": [  # lora reuses the fixed-lr study, which ran every tuned seed on RTE
+            f"method=triadapt budget=r2,r8 trainer.learning_rate=0.003 {at}",
+            f"method=triadapt budget=r8 method.score=random trainer.learning_rate=0.003 {at}",
         ],
-        "sst2": ["method=increlora budget=r2,r8 trainer.learning_rate=0.003 study=cpu-repro-tuned"],
+        "sst2": [
+            f"method=increlora budget=r2,r8 trainer.learning_rate=0.003 {at}",
+            f"method=increlora budget=r8 method.score=random trainer.learning_rate=0.003 {at}",
+        ],
     }
     selected = L.selected_lrs(records)
     tuned = lambda method, lr, study, seed=42, **cfg: L.is_tuned_run(  # noqa: E731
@@ -112,3 +116,44 @@ def test_tuned_sweeps_run_selected_cells_reuse_fixed_lr_records_and_add_the_cont
     assert not tuned("triadapt", 1e-3, "cpu-repro")  # not its selected LR
     assert not tuned("triadapt", 3e-3, L.TUNED_STUDY, schedule="exponential")  # an ablation
     assert not tuned("increlora", 1e-3, L.TUNED_STUDY)  # its cell is still open
+
+
+def test_tuned_sweeps_run_only_the_seeds_a_reused_cell_lacks_and_the_schedules_of_claim_4():
+    grid = lambda task, method, best: [  # noqa: E731
+        record(
+            task, method, lr, 60.0 if lr == best else 50.0, study="cpu-repro" if lr == 1e-3 else L.LR_STUDY
+        )
+        for lr in (*L.GRID, 3e-4 if best == 1e-3 else 3e-2)
+    ]
+    records = grid("stsb", "lora", 1e-3) + grid("mrpc", "triadapt", 1e-3) + grid("cola", "triadapt", 3e-3)
+    sweeps = L.tuned_sweeps(records)
+    at = lambda lr: f"trainer.learning_rate={lr} study=cpu-repro-tuned"  # noqa: E731
+    # STS-B's fixed-lr study ran seeds 41-43: the reused LoRA cell runs 44 and 45 in the tuned study
+    assert sweeps["stsb"] == [f"method=lora budget=r2,r8 {at(0.001)} seed=44,45"]
+    # MRPC: every tuned seed of the cell and of its schedule ablation is in the fixed-lr study
+    assert sweeps["mrpc"] == [f"method=triadapt budget=r8 method.score=random {at(0.001)}"]
+    assert sweeps["cola"] == [
+        f"method=triadapt budget=r2,r8 {at(0.003)}",
+        f"method=triadapt budget=r8 method.score=random {at(0.003)}",
+        f"method=triadapt budget=r8 method.schedule=exponential {at(0.003)}",
+        f"method=triadapt budget=r8 method.schedule=fixed method.top_h=15 {at(0.003)}",
+    ]
+
+
+def test_the_queue_runs_a_sweeps_own_seeds_and_only_the_seeds_asked_for():
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "cpu_repro.py"
+    spec = importlib.util.spec_from_file_location("cpu_repro_script", path)
+    script = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = script  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(script)
+    chunk = script.Chunk(
+        "tuned-stsb", "stsb", "42,43,44,45", ["method=adalora budget=r2,r8", "method=lora seed=44,45"]
+    )
+    seeds = lambda cmds: [[a for a in c if a.startswith("seed=")] for c in cmds]  # noqa: E731
+    assert seeds(script.commands(chunk, "data", "runs", [])) == [["seed=42,43,44,45"], ["seed=44,45"]]
+    assert seeds(script.commands(chunk, "data", "runs", [], {"44"})) == [["seed=44"], ["seed=44"]]
+    assert seeds(script.commands(chunk, "data", "runs", [], {"42"})) == [["seed=42"]]  # lora has no 42 to run

@@ -29,10 +29,30 @@ SOURCES = {LR_STUDY: None, "cpu-repro": REUSED, "cpu-repro-lr1e-2": REUSED}
 # in a mean). A method whose selected LR is the fixed-lr study's 1e-3 reuses that study's records.
 TUNED_STUDY = "cpu-repro-tuned"
 FIXED_STUDY, FIXED_LR = "cpu-repro", 1e-3
-TUNED_SEEDS = {"rte": "42,43,44,45", "mrpc": "42,43,44,45", "stsb": "42,43", "cola": "42,43", "sst2": "42,43"}
+TUNED_SEEDS = {t: "42,43,44,45" for t in ("rte", "mrpc", "stsb", "cola", "sst2")}
+# The seeds the fixed-lr study ran: a reused cell runs only the tuned seeds that study lacks.
+FIXED_SEEDS = {
+    "rte": (41, 42, 43, 44, 45),
+    "mrpc": (41, 42, 43, 44, 45),
+    "stsb": (41, 42, 43),
+    "cola": (41, 42, 43),
+    "sst2": (41, 42, 43),
+}
 # The allocation control (§5.5 ``score: random``): the growing methods at r̄ 8 on these tasks, same
 # schedule, seeds and selected LR, each compared with its own default run paired by seed.
-CONTROL, CONTROL_TASKS, CONTROLLED = "random", ("rte", "mrpc", "cola", "stsb"), ("increlora", "triadapt")
+CONTROL, CONTROL_TASKS, CONTROLLED = (
+    "random",
+    ("rte", "mrpc", "cola", "stsb", "sst2"),
+    ("increlora", "triadapt"),
+)
+# Claim 4 under the tuned protocol: TriAdaptLoRA's other schedules at its selected LR, r̄ 8, each paired
+# by seed with the linear main-grid run. RTE stays out: no method there is far from a constant
+# predictor. The fixed schedule adds top_h = 15 modules per event, which fills r̄ 8 after as many
+# events as the linear one. Where the selected LR is the fixed-lr study's 1e-3 and that study ran the
+# ablation on the task, its records are reused.
+SCHEDULE_TASKS = ("mrpc", "stsb", "cola", "sst2")
+SCHEDULE_VARIANTS = ("method.schedule=exponential", "method.schedule=fixed method.top_h=15")
+FIXED_ABLATION_TASKS = ("rte", "mrpc")
 
 
 @dataclass
@@ -161,18 +181,29 @@ def reuses_fixed_lr(method: str, lr: float) -> bool:
 
 
 def tuned_sweeps(records: list[dict]) -> dict[str, list[str]]:
-    """task -> Hydra sweep strings for the main grid and the controls at every selected LR."""
+    """task -> Hydra sweep strings for the main grid, the controls and the schedule runs at every
+    selected LR. A sweep without ``seed=`` runs the task's tuned seeds; a reused cell names the seeds
+    the fixed-lr study lacks."""
     sweeps: dict[str, list[str]] = {}
+    schedules: dict[str, list[str]] = {}
     for (task, method), lr in sorted(selected_lrs(records).items()):
+        at = f"trainer.learning_rate={lr:g} study={TUNED_STUDY}"
         if not reuses_fixed_lr(method, lr):
-            sweeps.setdefault(task, []).append(
-                f"method={method} budget=r2,r8 trainer.learning_rate={lr:g} study={TUNED_STUDY}"
-            )
+            sweeps.setdefault(task, []).append(f"method={method} budget=r2,r8 {at}")
+        else:
+            fixed = set(FIXED_SEEDS[task])
+            extra = [s for s in TUNED_SEEDS[task].split(",") if int(s) not in fixed]
+            if extra:
+                sweeps.setdefault(task, []).append(
+                    f"method={method} budget=r2,r8 {at} seed={','.join(extra)}"
+                )
         if task in CONTROL_TASKS and method in CONTROLLED:
-            sweeps.setdefault(task, []).append(
-                f"method={method} budget={BUDGET} method.score={CONTROL} trainer.learning_rate={lr:g} "
-                f"study={TUNED_STUDY}"
-            )
+            sweeps.setdefault(task, []).append(f"method={method} budget={BUDGET} method.score={CONTROL} {at}")
+        reused = reuses_fixed_lr(method, lr) and task in FIXED_ABLATION_TASKS
+        if method == "triadapt" and task in SCHEDULE_TASKS and not reused:
+            schedules[task] = [f"method={method} budget={BUDGET} {v} {at}" for v in SCHEDULE_VARIANTS]
+    for task, extra in schedules.items():  # after the main grid and the controls
+        sweeps.setdefault(task, []).extend(extra)
     return sweeps
 
 
