@@ -1,7 +1,7 @@
-"""The shared infrastructure of the growing methods (src/methods/growing.py), with a minimal adapter.
+"""The shared infrastructure of the growing methods (src/methods/growing/), with a minimal adapter.
 
 ``BlockLinear`` is the smallest honest ``AdapterLinear``: ΔW = B A in growable blocks. It checks that
-nothing in growing.py depends on TriAdaptLoRA; the method-level properties live in test_triadapt.py.
+nothing in src/methods/growing/ depends on TriAdaptLoRA; the method-level properties live in test_triadapt.py.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""TriAdaptLoRA and IncreLoRA as peft tuners (src/methods/peft_tuner.py): a stock Trainer grows them,
+"""TriAdaptLoRA and IncreLoRA as peft tuners (src/methods/growing/tuner.py): a stock Trainer grows them,
 and save_pretrained -> PeftModel.from_pretrained (fresh process) -> merge_and_unload round-trips."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from omegaconf import OmegaConf
 from transformers import Trainer, TrainingArguments, default_data_collator
 
 from src.methods import RankGrowthCallback, get_method
+from src.methods.growing.tuner import growing_tuner
 from src.methods.increlora import IncreLoraConfig, IncreLoraModel
-from src.methods.peft_tuner import growing_tuner
 from src.methods.triadapt import TriAdaptLoraConfig, TriAdaptLoraModel
 from tests.conftest import CONFIG_DIR, ROOT
 

@@ -319,7 +319,7 @@ def test_shared_storage_gathers_each_layer_blocks_exactly():
 def test_shared_storage_gradient_is_exact_through_padding(penalised):
     """The gather's hand-written backward (row writes, skipped padding, the regulariser's closed
     form) against finite differences, in float64."""
-    from src.methods.triadapt import _Gather
+    from src.methods.triadapt.storage import _Gather
 
     store, _ = shared_store()
     plan = store.plan()

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from src.methods.base import register
-from src.methods.peft_wrapper import PeftMethod
+from src.methods.peft_builtin import PeftMethod
 
 
 @dataclass

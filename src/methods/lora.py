@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import peft
 
 from src.methods.base import register
-from src.methods.peft_wrapper import PeftMethod
+from src.methods.peft_builtin import PeftMethod
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """The per-block TriAdaptLoRA layout, kept as the reference the packed storage is tested against.
 
-A frozen copy of src/methods/triadapt.py before storage D13 (shared/spec/methods.md §5.2): every
+A frozen copy of src/methods/triadapt.py (now src/methods/triadapt/) before storage D13 (shared/spec/methods.md §5.2): every
 growth block owns four tensors (L, U, A, B strips) and the optimizer holds each of them. It is not
 registered as a method; tests/test_storage_equivalence.py runs it beside ``method=triadapt`` and
 requires the same losses, rank history, AdamW step counts and (in float64) weights.

@@ -24,10 +24,20 @@ from peft.utils import PeftType
 from peft.utils.other import AuxiliaryTrainingWrapper, set_additional_trainable_modules
 from peft.utils.peft_types import register_peft_method
 from torch import nn
-from transformers import TrainerCallback
 
-from src.methods import growing
 from src.methods.base import METHODS
+from src.methods.growing.allocator import ScheduleWarning
+from src.methods.growing.injection import (
+    INFO_ATTR,
+    adapter_layers,
+    adapter_parameters,
+    detach_adapter,
+    get_info,
+    in_adapter,
+)
+from src.methods.growing.layer import AdapterLinear
+from src.methods.growing.method import GrowingAdapterMethod
+from src.methods.growing.persistence import restore_layout
 
 
 class GrowingPeftConfig:
@@ -80,17 +90,17 @@ class GrowingTuner(BaseTuner):
     """A peft tuner model around one of this codebase's growing methods (``method_name``).
 
     One adapter per model: the allocator's state and TriAdaptLoRA's storage are per model. The
-    method's own machinery does the work (src/methods/growing.py and the method's module), on the
+    method's own machinery does the work (src/methods/growing/ and the method's package), on the
     wrapped model ``self.model``, so the rank pattern names modules as the base model does.
     """
 
     method_name: ClassVar[str]
-    tuner_layer_cls = growing.AdapterLinear
+    tuner_layer_cls = AdapterLinear
     target_module_mapping: ClassVar[dict] = {}
     uses_shared_state = True  # TriAdaptLoRA's storage; peft's inject_adapter_in_model refuses such tuners
 
     @property
-    def method(self) -> growing.GrowingAdapterMethod:
+    def method(self) -> GrowingAdapterMethod:
         return METHODS[self.method_name]()
 
     @property
@@ -114,7 +124,7 @@ class GrowingTuner(BaseTuner):
     def inject_adapter(
         self, model: nn.Module, adapter_name: str, autocast_adapter_dtype: bool = True, **kwargs
     ) -> None:
-        if len(self.peft_config) > 1 or hasattr(model, growing.INFO_ATTR):
+        if len(self.peft_config) > 1 or hasattr(model, INFO_ATTR):
             raise ValueError(
                 f"{type(self).__name__} holds one adapter per model; load the second one into a fresh "
                 "copy of the base model"
@@ -124,14 +134,14 @@ class GrowingTuner(BaseTuner):
         loading = config.rank_pattern is not None  # a saved adapter: grow to its shapes, then load
         with warnings.catch_warnings():
             if loading:  # its schedule is history: whether it could reach the budget is moot
-                warnings.simplefilter("ignore", growing.ScheduleWarning)
+                warnings.simplefilter("ignore", ScheduleWarning)
             method.inject(model, config.method_config(), heads=False)  # heads: peft's modules_to_save
         if loading:
-            growing.restore_layout(method, model, config.layout())
-        info = growing.get_info(model)
+            restore_layout(method, model, config.layout())
+        info = get_info(model)
         self.targeted_module_names = list(info.targets)
         if config.inference_mode:
-            for p in growing.adapter_parameters(model):
+            for p in adapter_parameters(model):
                 p.requires_grad_(False)
         set_additional_trainable_modules(
             model=model,
@@ -171,10 +181,10 @@ class GrowingTuner(BaseTuner):
 
     # -- enable, merge, unload --------------------------------------------------------------------
     def _enable_adapter_layers(self, enabled: bool = True) -> None:
-        info = growing.get_info(self.model)
+        info = get_info(self.model)
         with self.method.batch(self.model):
             for module in self.model.modules():
-                if isinstance(module, growing.AdapterLinear) and not enabled and module.merged:
+                if isinstance(module, AdapterLinear) and not enabled and module.merged:
                     module.unmerge()  # a disabled layer computes the base function
                 if isinstance(module, (BaseTunerLayer, AuxiliaryTrainingWrapper)):
                     module.enable_adapters(enabled)
@@ -190,10 +200,10 @@ class GrowingTuner(BaseTuner):
 
     def _unload_and_optionally_merge(self, merge: bool = True, **kwargs) -> nn.Module:
         # already merged (merge_adapter): unload only, a second merge would add ΔW twice
-        merge = merge and not any(layer.merged for layer in growing.adapter_layers(self.model).values())
+        merge = merge and not any(layer.merged for layer in adapter_layers(self.model).values())
         with self.method.batch(self.model):
             model = super()._unload_and_optionally_merge(merge=merge, **kwargs)
-        growing.detach_adapter(model)
+        detach_adapter(model)
         return model
 
     def _replace_module(self, parent, child_name, new_module, child) -> None:
@@ -208,7 +218,7 @@ class GrowingTuner(BaseTuner):
     @classmethod
     def _get_adapter_state_dict(cls, model, config, adapter_name, state_dict, unwanted_adapter_names):
         layers = _layers_by_key(model)
-        return {k: v for k, v in state_dict.items() if growing.in_adapter(k, layers)}
+        return {k: v for k, v in state_dict.items() if in_adapter(k, layers)}
 
     @classmethod
     def _remove_adapter_name_from_key(cls, key: str, adapter_name: str) -> str:
@@ -219,11 +229,11 @@ class GrowingTuner(BaseTuner):
         """Identity, after a strict check: a file whose adapter tensors are not exactly the model's
         would otherwise load partly and leave the rest at their initial values."""
         layers = _layers_by_key(model)
-        expected = {k for k in model.state_dict() if growing.in_adapter(k, layers)}
+        expected = {k for k in model.state_dict() if in_adapter(k, layers)}
         if not expected:
             raise ValueError(f"{type(model).__name__} has no growing adapter layers to load weights into")
         missing = sorted(expected - set(state_dict))
-        unexpected = sorted(k for k in state_dict if k not in expected and growing.in_adapter(k, layers))
+        unexpected = sorted(k for k in state_dict if k not in expected and in_adapter(k, layers))
         if missing or unexpected:
             raise ValueError(
                 f"the adapter weights do not match the model's adapter: missing {missing[:3]}, unexpected "
@@ -232,9 +242,9 @@ class GrowingTuner(BaseTuner):
         return state_dict
 
 
-def _layers_by_key(model: nn.Module) -> dict[str, growing.AdapterLinear]:
+def _layers_by_key(model: nn.Module) -> dict[str, AdapterLinear]:
     """Adapter layers named as ``model``'s state dict names them (a PeftModel's keys are prefixed)."""
-    return {name: m for name, m in model.named_modules() if isinstance(m, growing.AdapterLinear)}
+    return {name: m for name, m in model.named_modules() if isinstance(m, AdapterLinear)}
 
 
 def growing_tuner(model: nn.Module) -> GrowingTuner:
@@ -249,33 +259,3 @@ def growing_tuner(model: nn.Module) -> GrowingTuner:
         f"{type(model).__name__} holds no growing adapter; build it with "
         "peft.get_peft_model(model, TriAdaptLoraConfig(...)) or IncreLoraConfig(...)"
     )
-
-
-class RankGrowthCallback(TrainerCallback):
-    """Runs a growing tuner's allocator in a ``transformers.Trainer``; nothing else is needed.
-
-    HF's order in one optimizer step (spec §1.4): clip -> ``on_pre_optimizer_step`` ->
-    ``optimizer.step()`` -> ``on_optimizer_step`` -> scheduler step -> ``zero_grad()``. The callback
-    calls ``update_and_allocate`` in whichever of the two the config's ``allocator_timing`` names, on
-    the Trainer's own optimizer and LR scheduler. Events are kept in ``self.events``.
-    """
-
-    def __init__(self):
-        self.events: list[dict] = []
-
-    def on_pre_optimizer_step(
-        self, args, state, control, model=None, optimizer=None, lr_scheduler=None, **kwargs
-    ):
-        self._maybe_allocate("before_step", state, model, optimizer, lr_scheduler)
-
-    def on_optimizer_step(
-        self, args, state, control, model=None, optimizer=None, lr_scheduler=None, **kwargs
-    ):
-        self._maybe_allocate("after_step", state, model, optimizer, lr_scheduler)
-
-    def _maybe_allocate(self, timing: str, state, model, optimizer, lr_scheduler) -> None:
-        tuner = growing_tuner(model)
-        if tuner.allocator_timing == timing:
-            event = tuner.update_and_allocate(state.global_step + 1, optimizer, lr_scheduler)
-            if event is not None:
-                self.events.append(event)
