@@ -19,9 +19,9 @@ ALLOWED = {
         "src.lr_schedule",
         "src.schema",
     },
-    "src.methods": {"src.lr_schedule"},
+    "src.methods": {"src.lr_schedule", "src.target_names"},
     "src.tasks": {"src.hub", "src.schema"},
-    "src.reporting": {"src.records"},
+    "src.reporting": {"src.records", "src.target_names"},
 }
 
 
@@ -119,3 +119,13 @@ def test_every_package_imports_only_downward():
             if other != own and other not in ALLOWED.get(own, set()):
                 wrong.append(f"{module} -> {target}")
     assert not wrong, "imports against the layering of README's Layout section: " + ", ".join(sorted(wrong))
+
+
+def test_the_target_name_rule_is_written_once():
+    """Methods and reporting match module names through src/target_names.py, not their own copies."""
+    copies = [
+        str(path.relative_to(SRC))
+        for path in SRC.rglob("*.py")
+        if path.name != "target_names.py" and 'endswith("." + ' in path.read_text()
+    ]
+    assert not copies, f"suffix-matching rule written outside src/target_names.py: {copies}"

@@ -191,3 +191,15 @@ def test_dropout_outside_zero_one_is_refused_by_every_method(name, tiny_backbone
     fields.update(target_modules=list(tiny_backbone.target_modules), modules_to_save=HEADS)
     with pytest.raises(ValueError, match="lora_dropout"):
         method.make_config(fields, total_step=T, warmup_steps=0)
+
+
+def test_target_names_pick_the_name_or_a_dotted_suffix():
+    from src.target_names import longest_match, matches
+
+    assert matches("encoder.layer.0.output.dense", "output.dense")
+    assert matches("classifier", "classifier")
+    assert not matches("encoder.layer.0.output.dense", "put.dense")  # a suffix of names, not of text
+    targets = ["dense", "output.dense", "attention.output.dense"]
+    assert longest_match("encoder.layer.0.attention.output.dense", targets) == "attention.output.dense"
+    assert longest_match("encoder.layer.0.intermediate.dense", targets) == "dense"
+    assert longest_match("encoder.layer.0.query", targets) is None

@@ -16,6 +16,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from src.target_names import matches
+
 METHODS: dict[str, type[AdapterMethod]] = {}
 # Keys of a method's YAML that select things (the method, the paper protocol of spec §6) rather than
 # configure it; they never reach the config dataclass.
@@ -169,7 +171,7 @@ def find_targets(model: nn.Module, target_modules: list[str], heads: list[str] =
     """
     matched = []
     for name, module in model.named_modules():
-        if not any(name == t or name.endswith("." + t) for t in target_modules):
+        if not any(matches(name, t) for t in target_modules):
             continue
         if in_heads(name, list(heads)):
             continue

@@ -35,6 +35,7 @@ from src.reporting.tables import (
     runs_frame,
     several_lrs,
 )
+from src.target_names import longest_match
 
 STYLE = {
     "font.size": 7,
@@ -79,8 +80,7 @@ def module_position(name: str, targets: list[str]) -> tuple[str, str]:
     layer = match.group(1) if match else "?"
     if ".decoder." in f".{name}.":
         layer = f"dec {layer}"
-    hits = [t for t in targets if name == t or name.endswith("." + t)]
-    suffix = max(hits, key=len) if hits else name.rsplit(".", 1)[-1]
+    suffix = longest_match(name, targets) or name.rsplit(".", 1)[-1]
     return layer, SHORT_TYPE.get(suffix, suffix)
 
 

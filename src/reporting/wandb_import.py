@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from src.records import BUDGET_SCALARS, WANDB_RECORD_FILE, atomic_write_json, new_record
+from src.target_names import longest_match
 
 BLOCK = 32768  # LevelDB log block size used by W&B's transaction log
 CHUNK_HEADER = 7  # crc32 (4, little endian), length (2), chunk type (1)
@@ -151,8 +152,8 @@ def _targets(config: dict) -> list[str]:
 def _module_key(name: str, targets: list[str]) -> tuple:
     """Layer index first, then the position of the (longest) matching target in the config's list."""
     layer = re.search(r"\.(\d+)\.", f".{name}.")
-    hits = [i for i, t in enumerate(targets) if name == t or name.endswith("." + t)]
-    best = max(hits, key=lambda i: len(targets[i])) if hits else len(targets)
+    target = longest_match(name, targets)
+    best = len(targets) if target is None else targets.index(target)
     return (".decoder." in f".{name}.", int(layer.group(1)) if layer else -1, best, name)
 
 

@@ -1,4 +1,5 @@
-"""What both growing methods' allocators share: where they run, the schedule warning, random scores."""
+"""What both growing methods' allocators share: where they run, the schedule warning, random scores,
+the stable top-k selection and the budget clip (pure functions)."""
 
 from __future__ import annotations
 
@@ -20,3 +21,31 @@ def random_scores(seed: int | None, event: int, n: int) -> list[float]:
         raise ValueError("score=random needs the run seed (method.seed); the training loop fills it")
     generator = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(event))
     return torch.rand(n, generator=generator, dtype=torch.float64).tolist()
+
+
+def select_modules(scores: list[float], k: int, selection: str = "top_k") -> list[int]:
+    """Indices of the modules to grow, best first; ties broken by module order (stable).
+
+    ``top_k``: the first k of that order (k beyond the number of modules takes them all);
+    ``threshold`` (TriAdaptLoRA's reference): every module reaching the k-th score."""
+    order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+    if selection == "top_k":
+        return order[:k]
+    tau = scores[order[k - 1]]  # threshold (reference): every module reaching the K-th score
+    return [i for i in order if scores[i] >= tau]
+
+
+def growth_sizes(n_selected: int, total_rank: int, target_total_rank: int, k: int, clip: bool) -> list[int]:
+    """Ranks given to each selected module in order: clipped, the last growth stops R at R*;
+    unclipped (``clip_to_budget: false``, the references), every selected module grows by k and R
+    may pass R* (spec §4, §5.6; IncreLoRA's released code selects at most R* − R modules)."""
+    if not clip:
+        return [k] * n_selected
+    sizes = []
+    for _ in range(n_selected):
+        if total_rank >= target_total_rank:
+            break
+        g = min(k, target_total_rank - total_rank) if clip else k
+        sizes.append(g)
+        total_rank += g
+    return sizes

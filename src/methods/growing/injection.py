@@ -17,6 +17,7 @@ from torch import nn
 
 from src.methods.base import find_targets
 from src.methods.growing.layer import AdapterLinear, HeadWrapper, SharedAdapterStorage
+from src.target_names import matches
 
 
 @dataclasses.dataclass
@@ -97,7 +98,7 @@ def wrap_heads(model: nn.Module, heads: list[str]) -> list[str]:
     """Replace every module named (or suffixed) by an entry of ``heads`` with a ``HeadWrapper``."""
     wrapped = []
     for head in heads:
-        names = [n for n, _ in model.named_modules() if n == head or n.endswith("." + head)]
+        names = [n for n, _ in model.named_modules() if matches(n, head)]
         names = [n for n in names if not any(n.startswith(w + ".") for w in wrapped)]
         if not names:
             raise ValueError(

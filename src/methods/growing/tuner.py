@@ -38,6 +38,7 @@ from src.methods.growing.injection import (
 from src.methods.growing.layer import AdapterLinear
 from src.methods.growing.method import GrowingAdapterMethod
 from src.methods.growing.persistence import restore_layout
+from src.target_names import matches
 
 
 class GrowingPeftConfig:
@@ -115,7 +116,7 @@ class GrowingTuner(BaseTuner):
 
     @staticmethod
     def _check_target_module_exists(peft_config, key: str) -> bool:
-        return any(key == t or key.endswith("." + t) for t in peft_config.target_modules)
+        return any(matches(key, t) for t in peft_config.target_modules)
 
     def _create_and_replace(self, *args, **kwargs):
         # peft's per-module injection hook; these tuners inject every layer at once, with one storage

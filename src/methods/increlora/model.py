@@ -9,6 +9,7 @@ from torch import nn
 
 from src.methods import growing
 from src.methods.base import register
+from src.methods.growing.allocator import growth_sizes, select_modules
 from src.methods.growing.tuner import GrowingTuner
 from src.methods.growing.tuner import register as register_with_peft
 from src.methods.increlora.allocator import schedule_capacity
@@ -139,20 +140,14 @@ class IncreLoRA(growing.GrowingAdapterMethod):
         info = growing.get_info(model)
         config, target_total = info.config, info.state["target_total_rank"]
         layers = self.layers(model)
-        order = list(layers)
-        ranked = sorted(order, key=lambda name: (-scores[name], order.index(name)))
         total = sum(layer.rank for layer in layers.values())
-        plan = []
-        if config.clip_to_budget:
-            for name in ranked[: config.top_h]:
-                if total >= target_total:
-                    break
-                g = min(config.k, target_total - total)
-                plan.append((name, g))
-                total += g
-        else:  # released code: min(top_h, R* - R) modules, k each, so R may pass R*
-            plan = [(name, config.k) for name in ranked[: min(config.top_h, target_total - total)]]
-            total += config.k * len(plan)
+        # released code, unclipped: min(top_h, R* - R) modules, k each, so R may pass R*
+        n = config.top_h if config.clip_to_budget else min(config.top_h, target_total - total)
+        names = list(layers)
+        selected = [names[i] for i in select_modules([scores[name] for name in names], n)]
+        sizes = growth_sizes(len(selected), total, target_total, config.k, config.clip_to_budget)
+        plan = list(zip(selected, sizes, strict=False))
+        total += sum(sizes)
         done = total >= target_total
         new_params, split, activated = [], [], []
         for name, g in plan:

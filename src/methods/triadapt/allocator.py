@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import math
 
+from src.methods.growing.allocator import growth_sizes, select_modules
 from src.methods.triadapt.config import SCHEDULES
+
+__all__ = [
+    "allocation_size",
+    "dry_run_schedule",
+    "growth_sizes",
+    "is_event_step",
+    "progress",
+    "select_modules",
+]
 
 
 def is_event_step(t: int, init_warmup: int, incre_interval: int) -> bool:
@@ -28,31 +38,6 @@ def allocation_size(
     else:
         raise ValueError(f"schedule={schedule!r}; choose one of {list(SCHEDULES)}")
     return min(max(k, 1), num_modules)
-
-
-def select_modules(scores: list[float], k: int, selection: str = "top_k") -> list[int]:
-    """Indices of the modules to grow, best first; ties broken by module order (stable)."""
-    order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
-    if selection == "top_k":
-        return order[:k]
-    tau = scores[order[k - 1]]  # threshold (reference): every module reaching the K-th score
-    return [i for i in order if scores[i] >= tau]
-
-
-def growth_sizes(n_selected: int, total_rank: int, target_total_rank: int, k: int, clip: bool) -> list[int]:
-    """Ranks given to each selected module in order: clipped, the last growth stops R at R*;
-    unclipped (``clip_to_budget: false``, the reference), every selected module grows by k and R
-    may pass R* (spec §5.6)."""
-    if not clip:
-        return [k] * n_selected
-    sizes = []
-    for _ in range(n_selected):
-        if total_rank >= target_total_rank:
-            break
-        g = min(k, target_total_rank - total_rank) if clip else k
-        sizes.append(g)
-        total_rank += g
-    return sizes
 
 
 def dry_run_schedule(

@@ -9,16 +9,10 @@ from torch import nn
 
 from src.methods import growing
 from src.methods.base import find_targets, register
+from src.methods.growing.allocator import growth_sizes, select_modules
 from src.methods.growing.tuner import GrowingTuner
 from src.methods.growing.tuner import register as register_with_peft
-from src.methods.triadapt.allocator import (
-    allocation_size,
-    dry_run_schedule,
-    growth_sizes,
-    is_event_step,
-    progress,
-    select_modules,
-)
+from src.methods.triadapt.allocator import allocation_size, dry_run_schedule, is_event_step, progress
 from src.methods.triadapt.config import TriAdaptConfig, TriAdaptLoraConfig
 from src.methods.triadapt.layer import TriAdaptLinear
 from src.methods.triadapt.storage import TriAdaptBlocks
