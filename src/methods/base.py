@@ -155,10 +155,6 @@ def is_no_decay(param_name: str) -> bool:
     return lowered.endswith("bias") or "layernorm" in lowered or "layer_norm" in lowered or ".norm" in lowered
 
 
-def count_trainable(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
 def in_heads(name: str, heads: list[str]) -> bool:
     """True when module ``name`` is a head or sits inside one (``pooler.dense`` is inside ``pooler``)."""
     return any(f".{h}." in f".{name}." for h in heads)

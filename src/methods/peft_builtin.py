@@ -6,7 +6,6 @@ methods only translate the contract's calls and compute the budget from the live
 
 from __future__ import annotations
 
-import dataclasses
 import os
 
 import peft
@@ -121,7 +120,3 @@ class PeftMethod(AdapterMethod):
 
     def disable_adapter(self, model: nn.Module):
         return model.disable_adapter()
-
-
-def fields_of(config) -> dict:
-    return dataclasses.asdict(config)

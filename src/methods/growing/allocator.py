@@ -45,7 +45,7 @@ def growth_sizes(n_selected: int, total_rank: int, target_total_rank: int, k: in
     for _ in range(n_selected):
         if total_rank >= target_total_rank:
             break
-        g = min(k, target_total_rank - total_rank) if clip else k
+        g = min(k, target_total_rank - total_rank)
         sizes.append(g)
         total_rank += g
     return sizes

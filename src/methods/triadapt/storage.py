@@ -134,8 +134,9 @@ class TriAdaptBlocks(growing.SharedAdapterStorage):
 
     Why: each tensor the optimizer holds costs a few operator calls per step (gradient accumulation,
     clipping, AdamW), and where a step is dispatch-bound (a GPU at BERT-base size, or a small batch)
-    the old layout (four tensors per growth block per module, 1,152 tensors at r̄ 8) made TriAdaptLoRA
-    2.4× LoRA's step time. Here an event's blocks, across all modules it grows, live in one tensor:
+    the per-block layout this storage replaced (every growth block its own tensors; a frozen copy is
+    tests/reference/per_block_triadapt.py) made TriAdaptLoRA 2.4× LoRA's step time. Here an event's
+    blocks, across all modules it grows, live in one tensor:
 
     - ``event_0`` holds every module's initial block, ``event_e`` the blocks born at allocation event
       e (one per ``grow``), module by module; a block is [L strip (k×s) | U strip (s×k) | A rows
