@@ -1,4 +1,5 @@
-"""The package layout of ``src/``: no import cycles, and each package imports only downward."""
+"""The package layout of ``src/``: no import cycles, each package imports only downward, and the methods
+are laid out like peft's tuners (README: Layout)."""
 
 from __future__ import annotations
 
@@ -119,6 +120,43 @@ def test_every_package_imports_only_downward():
             if other != own and other not in ALLOWED.get(own, set()):
                 wrong.append(f"{module} -> {target}")
     assert not wrong, "imports against the layering of README's Layout section: " + ", ".join(sorted(wrong))
+
+
+METHODS = SRC / "methods"
+GROWING = ("triadapt", "increlora")  # the project's own methods: one package each, like peft's tuners
+MAX_MODULE_LINES, MAX_FUNCTION_LINES = 600, 80
+
+
+def test_each_growing_method_is_a_package_like_a_peft_tuner_and_shares_one_package():
+    for method in GROWING:
+        files = {p.name for p in (METHODS / method).glob("*.py")}
+        assert {"__init__.py", "config.py", "layer.py", "model.py", "allocator.py"} <= files, method
+        assert not (METHODS / f"{method}.py").exists(), f"{method}: a module beside its package"
+    assert (METHODS / "growing" / "__init__.py").is_file()
+    assert not (METHODS / "growing.py").exists()
+
+
+def test_allocators_are_pure_functions():
+    """No classes, no torch: the schedule arithmetic is testable without a model."""
+    for path in [METHODS / m / "allocator.py" for m in GROWING]:
+        tree = ast.parse(path.read_text())
+        assert not [n.name for n in tree.body if isinstance(n, ast.ClassDef)], path
+        assert "torch" not in imports_of(path, {"torch"}), path
+
+
+def test_method_modules_and_functions_stay_short():
+    long_modules, long_functions = [], []
+    for path in sorted(METHODS.rglob("*.py")):
+        text = path.read_text()
+        if len(text.splitlines()) > MAX_MODULE_LINES:
+            long_modules.append(f"{path.relative_to(SRC)}: {len(text.splitlines())}")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    long_functions.append(f"{path.relative_to(SRC)}:{node.name}: {lines}")
+    assert not long_modules, f"modules over {MAX_MODULE_LINES} lines: {long_modules}"
+    assert not long_functions, f"functions over {MAX_FUNCTION_LINES} lines: {long_functions}"
 
 
 def test_the_target_name_rule_is_written_once():

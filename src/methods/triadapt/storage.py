@@ -289,16 +289,8 @@ class TriAdaptBlocks(growing.SharedAdapterStorage):
                 parts.append(item)
                 live = np.flatnonzero(arr != zero)
                 writes.append((w, None if len(live) == len(arr) else live, arr[live]))
-        TL_idx = [np.full(shape, zero, dtype=np.int64) for shape in t_shapes]
-        TU_idx = [np.full(shape, zero, dtype=np.int64) for shape in t_shapes]
-        a_slot, b_slot = [None] * len(self.layers), [None] * len(self.layers)
-        for g, (slots, _) in enumerate(a_groups):
-            for j, slot in enumerate(slots):
-                a_slot[slot] = (g, j)
-                for b in self.blocks[slot]:
-                    base, k, s = int(starts[b.event]) + b.offset, b.k, b.start + b.k
-                    TL_idx[g][j, b.start : s, :s] = base + np.arange(k * s).reshape(k, s)
-                    TU_idx[g][j, :s, b.start : s] = base + k * s + np.arange(s * k).reshape(s, k)
+        t_index, a_slot = self._t_index(a_groups, t_shapes, starts, zero)
+        b_slot = [None] * len(self.layers)
         for g, (slots, _) in enumerate(b_groups):
             for j, slot in enumerate(slots):
                 b_slot[slot] = (g, j)
@@ -316,7 +308,7 @@ class TriAdaptBlocks(growing.SharedAdapterStorage):
             rows=[index(r) for r in rows],
             row_split=row_split,
             writes=[(w, None if live is None else index(live), index(st)) for w, live, st in writes],
-            t_index=index(np.concatenate([a.reshape(-1) for a in (*TL_idx, *TU_idx)])),
+            t_index=index(t_index),
             tail=torch.zeros(max(widths), device=device, dtype=dtype),
             a_part=[part_of[g] for g in range(na)],
             b_part=[part_of[na + g] for g in range(len(b_groups))],
@@ -330,6 +322,21 @@ class TriAdaptBlocks(growing.SharedAdapterStorage):
         )
         self._plan_key = key
         return self._plan
+
+    def _t_index(self, a_groups, t_shapes, starts, zero: int) -> tuple[np.ndarray, list]:
+        """Positions of T's strip entries (the L entries of every padded T, then the U entries; padding
+        reads the tail at ``zero``) and, per slot, its (A group, position in it)."""
+        TL_idx = [np.full(shape, zero, dtype=np.int64) for shape in t_shapes]
+        TU_idx = [np.full(shape, zero, dtype=np.int64) for shape in t_shapes]
+        a_slot = [None] * len(self.layers)
+        for g, (slots, _) in enumerate(a_groups):
+            for j, slot in enumerate(slots):
+                a_slot[slot] = (g, j)
+                for b in self.blocks[slot]:
+                    base, k, s = int(starts[b.event]) + b.offset, b.k, b.start + b.k
+                    TL_idx[g][j, b.start : s, :s] = base + np.arange(k * s).reshape(k, s)
+                    TU_idx[g][j, :s, b.start : s] = base + k * s + np.arange(s * k).reshape(s, k)
+        return np.concatenate([a.reshape(-1) for a in (*TL_idx, *TU_idx)]), a_slot
 
     def _eye(self, slots: list[int], rmax: int) -> np.ndarray:
         """I_{r_i} in the top-left corner of each module's rmax × rmax block, zero elsewhere."""
