@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from src.hub import HubUnavailableError, ensure_offline_mode_if_unreachable
 from src.records import default_run_id, find_ok_record, load_record
+from src.runtime.preemption import Stopped, StopRequest
 from src.runtime.sweep_callbacks import write_job_status
 
 log = logging.getLogger("src.train")
@@ -44,7 +45,13 @@ def train(cfg: DictConfig) -> dict:
     from src.runtime.checkpoints import checkpoint_step, prepare_run_dir
     from src.runtime.config_schema import check_config
     from src.runtime.tracking import RunTracker
-    from src.runtime.trainer import AdapterTrainer, MethodCallback, show_progress, training_arguments
+    from src.runtime.trainer import (
+        AdapterTrainer,
+        MethodCallback,
+        StopCallback,
+        show_progress,
+        training_arguments,
+    )
     from src.tasks import optimizer_steps, prepare_task
 
     config = check_config(cfg)  # a bad value is one line here, before anything is loaded or written
@@ -62,10 +69,12 @@ def train(cfg: DictConfig) -> dict:
     checkpoint_dir = Path(cfg.paths.checkpoints_dir) / run_id
     resume_from = prepare_run_dir(checkpoint_dir, config, cfg.trainer.resume, distributed.is_main_process())
     resume_step = checkpoint_step(resume_from) if resume_from else None
+    stop = StopRequest().install()
     tracker = RunTracker(run_id, config, record_path, cfg.logger, output_dir, resume_from)
     try:
         set_seed(cfg.seed)
         method = get_method(cfg.method.name)
+        distributed.adopt_submitit_tasks()
         processes = distributed.launched_processes()
         if processes > 1 and not method.supports_distributed:
             raise ValueError(
@@ -100,13 +109,18 @@ def train(cfg: DictConfig) -> dict:
             eval_dataset=task.evals if len(task.evals) > 1 else next(iter(task.evals.values())),
             data_collator=task.collator,
             compute_metrics=task.compute_metrics,
-            callbacks=[MethodCallback(method, tracker)],
+            callbacks=[MethodCallback(method, tracker), stopper := StopCallback(stop, tracker)],
             method=method,
             generation=task.generation,
         )
         if resume_from:
             log.info("run %s resumes from %s (step %d)", run_id, resume_from, resume_step)
+        if stop.signum is not None:  # told to stop while loading: the newest checkpoint stands
+            raise Stopped(stop.signum, resume_step or 0, total, str(resume_from) if resume_from else None)
         result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        if stopper.stopped_at is not None and trainer.state.global_step != total:
+            saved = checkpoint_dir / f"checkpoint-{stopper.stopped_at}"
+            raise Stopped(stop.signum, stopper.stopped_at, total, str(saved) if saved.is_dir() else None)
         if trainer.state.global_step != total:
             raise RuntimeError(f"ran {trainer.state.global_step} optimizer steps, expected T={total}")
         if not tracker.record["evals"] or tracker.record["evals"][-1]["step"] != total:
@@ -126,16 +140,38 @@ def train(cfg: DictConfig) -> dict:
         )
         log.info(tracker.summary())
         return record
+    except Stopped as stopped:
+        tracker.finish(stopped.status, stopped_at_step=stopped.step)
+        log.info(tracker.summary())
+        stop.requeue()  # in a submitit job: requeue it (the next attempt resumes) and exit
+        raise
+    except KeyboardInterrupt:  # a second Ctrl-C, before the checkpoint was written
+        tracker.finish("interrupted", error="KeyboardInterrupt: stopped before a checkpoint was written")
+        raise
     except Exception as err:
         tracker.finish("failed", error=f"{type(err).__name__}: {err}")
         log.info(tracker.summary())
         raise
+    finally:
+        stop.restore()
 
 
 @hydra.main(version_base="1.3", config_path="../configs", config_name="train")
 def main(cfg: DictConfig) -> float | None:
     try:
         record = train(cfg)
+    except Stopped as stopped:  # a signal: the sweep stops too; the same command continues both
+        write_job_status(cfg, {"status": stopped.status}, None)
+        print(
+            f"{stopped}. Run the same command again to continue (trainer.resume=false starts over).",
+            file=sys.stderr,
+        )
+        sys.exit(stopped.exit_code)
+    except KeyboardInterrupt:  # a second Ctrl-C
+        write_job_status(cfg, {"status": "interrupted"}, None)
+        sys.exit(
+            "interrupted before a checkpoint was written; the same command continues from the newest one"
+        )
     except Exception as err:
         write_job_status(cfg, None, err)
         if HydraConfig.get().mode == RunMode.MULTIRUN:  # recorded as failed; the sweep goes on

@@ -107,6 +107,8 @@ def test_only_complete_checkpoints_are_resumed_from(tmp_path):
     prepare_run_dir(run, {"seed": 1}, resume=False)
     for step, complete in [(10, True), (20, True), (30, False)]:  # 30: cut short by a kill
         (run / f"checkpoint-{step}").mkdir()
+        for name in ("trainer_state.json", "run_record.json"):
+            (run / f"checkpoint-{step}" / name).write_text("{}")
         if complete:
             (run / f"checkpoint-{step}" / "COMPLETE").write_text("ok\n")
     assert prepare_run_dir(run, {"seed": 1}, resume=True) == run / "checkpoint-20"

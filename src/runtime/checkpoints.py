@@ -10,6 +10,7 @@ atomically; ``COMPLETE`` is written last, and only marked checkpoints are resume
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shutil
 from pathlib import Path
@@ -21,6 +22,8 @@ RUN_CONFIG = "run_config.json"
 GROUPS_FILE = "param_groups.json"  # parameter names per optimizer group, in order
 RECORD_FILE = "run_record.json"  # the run record as of the checkpoint's step
 _STEP = re.compile(r"^checkpoint-(\d+)$")
+
+log = logging.getLogger(__name__)
 
 
 def complete_checkpoints(run_dir: str | Path) -> list[Path]:
@@ -63,7 +66,7 @@ def prepare_run_dir(run_dir: str | Path, config: dict, resume: bool, main: bool 
             )
     latest = complete_checkpoints(run_dir)
     if resume and latest:
-        return latest[-1]
+        return newest_readable(latest)
     if not main:  # other processes of a multi-process run read; only the main one clears and claims
         return None
     for stale in run_dir.glob("checkpoint-*"):
@@ -71,6 +74,42 @@ def prepare_run_dir(run_dir: str | Path, config: dict, resume: bool, main: bool 
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_json(claim, {"config_hash": digest, "config": config})
     return None
+
+
+def unreadable(checkpoint: str | Path) -> str | None:
+    """Why a checkpoint marked complete cannot be resumed from (a partial copy, a truncated or corrupt
+    file), or None when every file in it reads."""
+    import safetensors.torch
+    import torch
+
+    for path in sorted(Path(checkpoint).iterdir()):
+        try:
+            if path.suffix == ".json":
+                json.loads(path.read_text())
+            elif path.suffix == ".safetensors":
+                safetensors.torch.load_file(path)
+            elif path.suffix in (".pt", ".pth", ".bin"):
+                torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as err:  # noqa: BLE001  (any failure to read means: do not resume from it)
+            first = str(err).split(". ")[0].splitlines()[0][:160] if str(err) else ""
+            return f"{path.name}: {type(err).__name__}: {first}"
+    for required in (RECORD_FILE, "trainer_state.json"):
+        if not (Path(checkpoint) / required).is_file():
+            return f"{required} is missing"
+    return None
+
+
+def newest_readable(complete: list[Path]) -> Path:
+    """The newest of ``complete`` whose files all read; one warning per checkpoint passed over."""
+    for checkpoint in reversed(complete):
+        reason = unreadable(checkpoint)
+        if reason is None:
+            return checkpoint
+        log.warning("checkpoint %s cannot be read (%s); trying an older one", checkpoint, reason)
+    raise ValueError(
+        f"none of the {len(complete)} complete checkpoints in {complete[0].parent} can be read; "
+        "run again with trainer.resume=false to start over"
+    )
 
 
 def write_groups(checkpoint: str | Path, optimizer, model) -> None:

@@ -47,6 +47,19 @@ CAPTURED_GRAD_ATTR = "grad_sum"  # a module's per-process gradient sum outside a
 _BOOK_ATTR = "_distributed_book"  # per-model bookkeeping, kept on the model like adapter_info
 
 
+def adopt_submitit_tasks() -> None:
+    """Several submitit tasks per run (``hydra/launcher=slurm_multigpu``: one task per GPU, each running
+    the same Hydra job) are the processes of one run: export the ``env://`` variables torchrun would
+    set (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT) so the Trainer joins them. A no-op
+    outside submitit, with one task, or under torchrun."""
+    if "SUBMITIT_FOLDER" not in os.environ or "WORLD_SIZE" in os.environ:
+        return
+    import submitit
+
+    if submitit.JobEnvironment().num_tasks > 1:
+        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=torch.cuda.is_available())
+
+
 def launched_processes() -> int:
     """World size as set by the launcher; readable before the Trainer initialises the process group."""
     return int(os.environ.get("WORLD_SIZE", "1"))
@@ -65,6 +78,16 @@ def configure_launch(processes: int) -> None:
 
 def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def any_process(flag: bool) -> bool:
+    """True on every process when ``flag`` is true on any (one collective; none on a single process)."""
+    if world_size() == 1:
+        return flag
+    device = f"cuda:{torch.cuda.current_device()}" if dist.get_backend() == "nccl" else "cpu"
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
 
 
 class _Book:

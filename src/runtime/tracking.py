@@ -19,7 +19,7 @@ from src.runtime.distributed import is_main_process
 log = logging.getLogger(__name__)
 
 
-def _duration(seconds: float | None) -> str:
+def duration(seconds: float | None) -> str:
     if seconds is None:
         return "?"
     if seconds < 60:
@@ -53,16 +53,23 @@ def summary(record: dict, path: str | Path) -> str:
     else:
         reached = "none (the adapter was never applied)"
     status = str(record.get("status")) + (f": {record['error']}" if record.get("error") else "")
-    cpu = f" (CPU {_duration(record['cpu_time_s'])})" if record.get("cpu_time_s") else ""
+    cpu = f" (CPU {duration(record['cpu_time_s'])})" if record.get("cpu_time_s") else ""
     rows = [
         ("run", f"{record.get('run_id')}  {status}"),
         ("best", _metric_at(record, record.get("best"))),
         ("final", _metric_at(record, record.get("final"))),
         ("budget", reached),
-        ("wall time", _duration(record.get("wall_time_s")) + cpu),
+        ("wall time", duration(record.get("wall_time_s")) + cpu),
         ("record", str(path)),
     ]
     return "run summary\n" + "\n".join(f"  {label:<10} {text}" for label, text in rows)
+
+
+def _is_ok(path: Path) -> bool:
+    try:
+        return load_record(path).get("status") == "ok"
+    except (OSError, ValueError):
+        return False
 
 
 def _wandb_credentials() -> bool:
@@ -84,11 +91,20 @@ class RunTracker:
         output_dir: str,
         resume_from: Path | None = None,
     ):
-        self.path = Path(record_path)
+        self.path = self._final = Path(record_path)
         self.record = new_record(run_id, config)
-        self.wandb = None
         # multi-process runs: every process tracks (same values), only the main one writes
         self.main = is_main_process()
+        if self.main and _is_ok(self.path):  # a new attempt never downgrades a finished run's record
+            self.path = Path(output_dir) / "run_record.json"
+            log.warning(
+                "run %s already has an ok record (%s); it is replaced only if this attempt ends ok "
+                "(until then this attempt's record is %s)",
+                run_id,
+                self._final,
+                self.path,
+            )
+        self.wandb = None
         self._last_pattern = None
         # wall and CPU seconds that earlier attempts spent up to the checkpoint this run resumes from
         self._before = {"wall_time_s": 0.0, "cpu_time_s": 0.0}
@@ -139,6 +155,8 @@ class RunTracker:
             "events",
         ):
             rec[key] = old[key]
+        if old.get("stops"):  # the signals earlier attempts stopped on, each with its step
+            rec["stops"] = old["stops"]
         patterns = rec["rank_patterns"]["history"]
         if patterns:
             modules = rec["rank_patterns"]["modules"]
@@ -218,6 +236,8 @@ class RunTracker:
 
     # -- end -----------------------------------------------------------------------------------
     def finish(self, status: str, error: str | None = None, **fields) -> dict:
+        if status == "ok":
+            self.path = self._final
         self.record.update(fields)
         self.record["status"] = status
         self.record["error"] = error
@@ -237,6 +257,8 @@ class RunTracker:
             self.wandb.summary.update(
                 {"status": status, "best": self.record["best"], "final": self.record["final"]}
             )
+            if status in ("preempted", "interrupted"):
+                self.wandb.mark_preempting()  # the same run id continues when the run resumes
             self.wandb.finish(exit_code=0 if status == "ok" else 1)
         return self.record
 

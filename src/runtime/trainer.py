@@ -6,24 +6,28 @@ The callback is the only link between the loop and a method: it forwards every o
 
 from __future__ import annotations
 
+import logging
 import math
 import os
+import signal
 import sys
+import time
 from pathlib import Path
 
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from src.lr_schedule import GroupLambdaLR, linear_warmup_decay
 from src.methods.base import AdapterMethod
-from src.runtime import checkpoints, distributed
-from src.runtime.tracking import RunTracker
+from src.runtime import checkpoints, distributed, preemption
+from src.runtime.tracking import RunTracker, duration
 from src.tasks.summarisation import prompts_from_labels
 
+log = logging.getLogger("src.train")
 OPTIMIZERS = {"adamw_torch": {}, "adamw_torch_fused": {"fused": True}}
 
 
@@ -45,6 +49,8 @@ class AdapterTrainer(Trainer):
         self.method = method
         self.generation = generation  # model.generate kwargs: evaluation predicts generated tokens
         super().__init__(*args, **kwargs)
+        if self.args.disable_tqdm:  # no terminal: MethodCallback writes one readable line per log step
+            self.remove_callback(PrinterCallback)
 
     # -- checkpoints: the method saves and restores the adapter (grown shapes included) ----------
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
@@ -123,6 +129,7 @@ class MethodCallback(TrainerCallback):
         self.tracker = tracker
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self._t0, self._step0 = time.time(), state.global_step  # for the ETA of this attempt
         # global_step is the checkpoint's step when a run resumes (0 otherwise)
         self.tracker.log_budget(state.global_step, self.method.budget(model))
 
@@ -162,6 +169,8 @@ class MethodCallback(TrainerCallback):
     def on_log(self, args, state, control, logs=None, model=None, **kwargs):
         if logs and not any(k.startswith("eval_") for k in logs):
             self.tracker.log_train(state.global_step, {**logs, **self.method.extra_logs(model)})
+            if args.disable_tqdm and "loss" in logs and state.is_world_process_zero:
+                log.info(self._log_line(state, logs))
             # a diverged run only wastes its remaining steps: stop it and record why
             loss = logs.get("loss", logs.get("train_loss"))
             if loss is not None and not math.isfinite(loss):
@@ -170,11 +179,52 @@ class MethodCallback(TrainerCallback):
                     f"(now {args.learning_rate:g}) or check the data"
                 )
 
+    def _log_line(self, state, logs: dict) -> str:
+        """``step 40/120 (33%)  loss 0.6931  lr 4.17e-04  rank 96/288  elapsed 1m02s  eta 2m04s``: what a
+        log file on a cluster shows at each logging step, in place of the Trainer's raw dict."""
+        step, total = state.global_step, state.max_steps
+        elapsed = time.time() - self._t0
+        done = step - self._step0
+        eta = elapsed / done * (total - step) if done > 0 else None
+        budget = self.tracker.record["budget"]["final"] or {}
+        rank = budget.get("total_rank")
+        target = budget.get("target_total_rank")
+        parts = [
+            f"step {step}/{total} ({100 * step / max(total, 1):.0f}%)",
+            f"loss {logs['loss']:.4f}",
+            f"lr {logs.get('learning_rate', float('nan')):.2e}",
+            *([f"rank {rank}" + (f"/{target}" if target else "")] if rank is not None else []),
+            f"elapsed {duration(elapsed)}",
+            f"eta {duration(eta)}",
+        ]
+        return "  ".join(parts)
+
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         self.tracker.log_eval(state.global_step, state.epoch, metrics or {})
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
         self.tracker.log_budget(state.global_step, self.method.budget(model))
+
+
+class StopCallback(TrainerCallback):
+    """Turns a stop request into "save now, then stop" at the end of an optimizer step."""
+
+    def __init__(self, request: preemption.StopRequest, tracker: RunTracker):
+        self.request = request
+        self.tracker = tracker
+        self.stopped_at: int | None = None
+
+    def on_step_end(self, args, state, control, **kwargs):
+        # every process must stop at the same step, or the others wait forever in a collective
+        if distributed.any_process(self.request.signum is not None):
+            if self.request.signum is None:  # another process got the signal
+                self.request.signum = signal.SIGTERM
+            self.stopped_at = state.global_step
+            name = signal.Signals(self.request.signum).name
+            stop = {"step": state.global_step, "signal": name, "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+            self.tracker.record.setdefault("stops", []).append(stop)  # in the checkpoint's record too
+            control.should_save = args.save_strategy != "no"
+            control.should_training_stop = True
 
 
 def show_progress() -> bool:
