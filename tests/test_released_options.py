@@ -234,12 +234,14 @@ def test_before_step_reads_weights_before_the_update_and_new_tensors_skip_it():
     optimizer = torch.optim.AdamW(method.param_groups(model, 1e-2, 0.0), lr=1e-2)
     scheduler = GroupLambdaLR(optimizer, linear_warmup_decay(0, 100))
     model.train()
-    for t in range(1, 5):
+    for t in range(1, 6):
         model(**deberta_batch(t)).loss.backward()
         event = method.step(model, optimizer, scheduler, t)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
+    # the first event (step 4 = init_warmup + interval) comes at t = 5, after 4 updates, as in the
+    # released code, whose 0-based step counts the updates done (spec §1.4)
     assert event is not None and event["step"] == 4
     [new] = optimizer.param_groups[-1]["params"]
     assert new not in optimizer.state  # born before optimizer.step(), without a gradient: no update yet

@@ -10,6 +10,15 @@ import torch
 ALLOCATOR_TIMINGS = ("after_step", "before_step")
 
 
+def last_allocator_step(t: int, timing: str) -> int:
+    """The step the allocator is given at optimizer step t (1-based): the updates already done, so
+    t after ``optimizer.step()`` and t − 1 before it (the released code's 0-based ``global_step``,
+    spec §1.4). At t = T it is the last step a schedule can allocate at."""
+    if timing not in ALLOCATOR_TIMINGS:
+        raise ValueError(f"allocator_timing={timing!r}; choose one of {list(ALLOCATOR_TIMINGS)}")
+    return t - 1 if timing == "before_step" else t
+
+
 class ScheduleWarning(UserWarning):
     """The allocation schedule cannot reach the budget in the run (irrelevant to a loaded adapter)."""
 

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from src.methods.base import AdapterMethod
-from src.methods.growing.allocator import ScheduleWarning
+from src.methods.growing.allocator import ScheduleWarning, last_allocator_step
 from src.methods.growing.injection import (
     adapter_layers,
     budget_report,
@@ -68,7 +68,14 @@ class GrowingAdapterMethod(AdapterMethod):
         return peft.get_peft_model(model, self.peft_config_class.from_method_config(config))
 
     def step(self, model, optimizer, lr_scheduler, global_step: int) -> dict | None:
-        event = self.grow_step(unwrap(model), optimizer, lr_scheduler, global_step)
+        """``global_step`` is t, the optimizer step being taken (1-based), at either timing.
+
+        The allocator is given the count of updates already done: t after ``optimizer.step()``
+        (``after_step``), t − 1 before it (``before_step``), the released code's 0-based
+        ``global_step`` (spec §1.4); so an event at step s has always seen s updates.
+        """
+        done = last_allocator_step(global_step, self.allocator_timing(model))
+        event = self.grow_step(unwrap(model), optimizer, lr_scheduler, done)
         tuner = tuner_of(model)
         if event is not None and tuner is not None:
             tuner.sync_config()  # the peft config's rank_pattern follows the growth

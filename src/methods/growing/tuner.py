@@ -168,7 +168,8 @@ class GrowingTuner(BaseTuner):
         """Run the allocator for optimizer step ``global_step`` (1-based: the step being taken).
 
         Call it once per optimizer step, with gradients still in place: after ``optimizer.step()``
-        (``allocator_timing`` "after_step", the default) or just before it ("before_step"). On an
+        (``allocator_timing`` "after_step", the default) or just before it ("before_step"; the
+        allocator then counts t − 1 updates done, as the released code does, spec §1.4). On an
         allocation event it adds the new tensors to ``optimizer`` as one new param group and
         registers that group with ``lr_scheduler`` (a ``LambdaLR``, e.g. transformers' linear
         schedule), and returns a record of the event; otherwise None. Without an optimizer the new

@@ -18,7 +18,8 @@ Released behaviour is the default; each difference is an option (spec §4):
   growth every spare's a and b stay trainable and inside the regulariser with E = 0; ``freeze``
   makes none at the last event and freezes them.
 - ``allocator_timing``: ``after_step`` (default, spec D12) runs the hook after ``optimizer.step``, so
-  ΔW in the score already includes update t; ``before_step`` runs it where the released code does.
+  ΔW in the score already includes update t; ``before_step`` runs it where the released code does
+  and, as it does, counts the updates already done (t − 1) as the step (spec §1.4).
 - ``clip_to_budget: false`` (released): min(top_h, R* − R) modules grow by k each and R may pass R*.
 - ``score: random``: the allocation control of spec §5.5.
 

@@ -51,11 +51,15 @@ def dry_run_schedule(
     schedule: str = "linear",
     top_h: int = 1,
     clip_to_budget: bool = True,
+    last_step: int | None = None,
 ) -> list[dict]:
-    """Counts-only simulation of the schedule (no ties assumed): one record per allocation event."""
+    """Counts-only simulation of the schedule (no ties assumed): one record per allocation event.
+
+    ``last_step``: the last step the allocator is given (T, or T − 1 under ``before_step``)."""
     events, total = [], init_rank * num_modules
     first = (init_warmup // incre_interval + 1) * incre_interval
-    for t in range(first, total_step + 1, incre_interval):
+    last = total_step if last_step is None else last_step
+    for t in range(first, last + 1, incre_interval):
         if total >= target_total_rank:
             break
         remaining = target_total_rank - total

@@ -9,7 +9,7 @@ from torch import nn
 
 from src.methods import growing
 from src.methods.base import find_targets, register
-from src.methods.growing.allocator import growth_sizes, select_modules
+from src.methods.growing.allocator import growth_sizes, last_allocator_step, select_modules
 from src.methods.growing.tuner import GrowingTuner
 from src.methods.growing.tuner import register as register_with_peft
 from src.methods.triadapt.allocator import allocation_size, dry_run_schedule, is_event_step, progress
@@ -85,6 +85,7 @@ class TriAdaptLoRA(growing.GrowingAdapterMethod):
             config.schedule,
             config.top_h,
             config.clip_to_budget,
+            last_step=last_allocator_step(config.total_step, config.allocator_timing),
         )
         reached = events[-1]["total_rank"] if events else config.init_rank * len(layers)
         if reached < target_total:
