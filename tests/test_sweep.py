@@ -81,7 +81,52 @@ def test_slurm_launcher_composes():
     assert launcher._target_ == "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher"
     assert launcher.tasks_per_node == 1 and launcher.gpus_per_node == 1 and launcher.timeout_min > 0
     assert OmegaConf.select(cfg, "hydra.launcher.partition") is None or isinstance(launcher.partition, str)
+    # a timed-out or preempted run is requeued and continues from the checkpoint its signal wrote
+    assert launcher.max_num_timeout >= 3 and launcher.signal_delay_s >= 60
+    assert cfg.trainer.resume is True
     from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher  # noqa: F401
+
+
+def test_the_multi_gpu_launcher_starts_one_task_per_gpu_of_one_node():
+    cfg = compose_sweep(
+        "+sweep=glue", "hydra/launcher=slurm_multigpu", "hydra.launcher.gpus_per_node=8", hydra_config=True
+    )
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher") and launcher.nodes == 1
+    assert (launcher.gpus_per_node, launcher.tasks_per_node) == (8, 8)
+    assert launcher.max_num_timeout >= 3  # everything else as hydra/launcher=slurm
+
+
+def report_distributed_env() -> dict:
+    """What one submitit task sees after src.train's adoption step, and a gloo all-reduce over the tasks."""
+    import os
+
+    import torch
+    import torch.distributed as dist
+
+    from src.runtime.distributed import adopt_submitit_tasks
+
+    adopt_submitit_tasks()
+    dist.init_process_group("gloo")  # env://: the variables adopt_submitit_tasks exported
+    total = torch.tensor([float(dist.get_rank() + 1)])
+    dist.all_reduce(total)
+    dist.destroy_process_group()
+    return {"rank": int(os.environ["RANK"]), "world": int(os.environ["WORLD_SIZE"]), "sum": total.item()}
+
+
+@pytest.mark.slow
+def test_submitit_tasks_of_one_run_join_one_process_group(tmp_path):
+    import sys
+
+    import cloudpickle
+    import submitit
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the job process cannot import this file
+    executor = submitit.LocalExecutor(folder=tmp_path / "jobs")
+    executor.update_parameters(tasks_per_node=2, nodes=1, timeout_min=2)
+    job = executor.submit(report_distributed_env)
+    results = job.results()
+    assert sorted((r["rank"], r["world"], r["sum"]) for r in results) == [(0, 2, 3.0), (1, 2, 3.0)]
 
 
 def make(*args: str, timeout: int = 60) -> subprocess.CompletedProcess:
