@@ -238,3 +238,21 @@ def test_example_script_trains_grows_saves_and_reloads(tmp_path):
     assert saved["peft_type"] == "TRIADAPTLORA"
     assert sum(map(sum, saved["rank_pattern"].values())) > len(saved["rank_pattern"])  # it grew
     assert "reloaded as TriAdaptLoraModel" in result.stdout
+
+
+def test_each_growing_method_ties_its_hydra_name_and_peft_type_in_one_registration():
+    """``register_growing_method`` in each package's __init__: method=<name> for Hydra (run ids keep
+    it) and the peft type saved adapters carry; the tuner and the config find each other from it."""
+    from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING, PEFT_TYPE_TO_TUNER_MAPPING
+    from peft.utils import PeftType
+
+    from src.methods.growing.tuner import method_for
+
+    for name, peft_type, config_cls, model_cls in (
+        ("triadapt", PeftType.TRIADAPTLORA, TriAdaptLoraConfig, TriAdaptLoraModel),
+        ("increlora", PeftType.INCRELORA, IncreLoraConfig, IncreLoraModel),
+    ):
+        assert method_for(config_cls).name == name and get_method(name).peft_config_class is config_cls
+        assert config_cls.registered_peft_type() is peft_type
+        assert PEFT_TYPE_TO_CONFIG_MAPPING[peft_type] is config_cls
+        assert PEFT_TYPE_TO_TUNER_MAPPING[peft_type] is model_cls

@@ -26,6 +26,7 @@ from peft.utils.peft_types import register_peft_method
 from torch import nn
 
 from src.methods.base import METHODS
+from src.methods.base import register as register_method
 from src.methods.growing.allocator import ScheduleWarning
 from src.methods.growing.injection import (
     INFO_ATTR,
@@ -65,6 +66,39 @@ class GrowingPeftConfig:
     def layout(self) -> dict:
         return {"rank_pattern": self.rank_pattern, **{f: getattr(self, f) for f in self.layout_fields}}
 
+    @classmethod
+    def registered_peft_type(cls) -> PeftType:
+        """The peft type this class is registered under (``register_growing_method``)."""
+        from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
+
+        for peft_type, config_cls in PEFT_TYPE_TO_CONFIG_MAPPING.items():
+            if config_cls is cls:
+                return peft_type
+        raise ValueError(f"{cls.__name__} is not registered with peft; import src.methods first")
+
+
+def register_growing_method(
+    name: str, peft_name: str, method_cls: type, config_cls: type, model_cls: type
+) -> None:
+    """The one place a growing method's names are tied to its classes: ``method=<name>`` in Hydra
+    (the registry of src/methods/base.py; run records and run ids carry it) and ``peft_name`` for
+    peft (``PeftType[peft_name.upper()]``, the ``peft_type`` of a saved adapter_config.json). Both
+    are fixed by saved work, so TriAdaptLoRA keeps two spellings (``triadapt``, ``triadaptlora``).
+    Everything else finds one from the other through the two registries (``method_for``,
+    ``GrowingPeftConfig.registered_peft_type``)."""
+    if method_cls.peft_config_class is not config_cls:
+        raise TypeError(f"{method_cls.__name__}.peft_config_class is not {config_cls.__name__}")
+    register_method(name)(method_cls)
+    register(peft_name, config_cls, model_cls)
+
+
+def method_for(config_cls: type) -> GrowingAdapterMethod:
+    """The registered method whose peft config class is ``config_cls``."""
+    for cls in METHODS.values():
+        if getattr(cls, "peft_config_class", None) is config_cls:
+            return cls()
+    raise ValueError(f"no registered method uses {config_cls.__name__}; import src.methods first")
+
 
 def register(name: str, config_cls: type, model_cls: type) -> None:
     """Register a method with peft; idempotent. ``PeftType`` lists peft's own methods only, so the
@@ -88,21 +122,21 @@ def register(name: str, config_cls: type, model_cls: type) -> None:
 
 
 class GrowingTuner(BaseTuner):
-    """A peft tuner model around one of this codebase's growing methods (``method_name``).
+    """A peft tuner model around one of this codebase's growing methods (the one its config's
+    class belongs to, ``method_for``).
 
     One adapter per model: the allocator's state and TriAdaptLoRA's storage are per model. The
     method's own machinery does the work (src/methods/growing/ and the method's package), on the
     wrapped model ``self.model``, so the rank pattern names modules as the base model does.
     """
 
-    method_name: ClassVar[str]
     tuner_layer_cls = AdapterLinear
     target_module_mapping: ClassVar[dict] = {}
     uses_shared_state = True  # TriAdaptLoRA's storage; peft's inject_adapter_in_model refuses such tuners
 
     @property
     def method(self) -> GrowingAdapterMethod:
-        return METHODS[self.method_name]()
+        return method_for(type(self.adapter_config))
 
     @property
     def adapter_config(self) -> GrowingPeftConfig:
@@ -131,7 +165,7 @@ class GrowingTuner(BaseTuner):
                 "copy of the base model"
             )
         config = self.peft_config[adapter_name]
-        method = self.method
+        method = method_for(type(config))
         loading = config.rank_pattern is not None  # a saved adapter: grow to its shapes, then load
         with warnings.catch_warnings():
             if loading:  # its schedule is history: whether it could reach the budget is moot

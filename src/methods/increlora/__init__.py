@@ -31,10 +31,14 @@ rows become new tensors that take over the spare's optimizer slot and Adam momen
 has 1-row blocks).
 """
 
+from src.methods.growing.tuner import register_growing_method
 from src.methods.increlora.allocator import schedule_capacity
 from src.methods.increlora.config import IncreLoRAConfig, IncreLoraConfig
 from src.methods.increlora.layer import IncreLoRALinear
 from src.methods.increlora.model import IncreLoRA, IncreLoraModel
+
+# method=<Hydra name> and peft type <PEFT NAME>: both fixed by saved runs and adapters
+register_growing_method("increlora", "increlora", IncreLoRA, IncreLoraConfig, IncreLoraModel)
 
 __all__ = [
     "IncreLoRA",

@@ -6,7 +6,6 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 from peft import PeftConfig
-from peft.utils import PeftType
 
 from src.methods import growing
 from src.methods.growing.tuner import GrowingPeftConfig
@@ -136,5 +135,5 @@ class IncreLoraConfig(GrowingPeftConfig, PeftConfig, IncreLoRAConfig):
 
     def __post_init__(self):
         PeftConfig.__post_init__(self)
-        self.peft_type = PeftType.INCRELORA
+        self.peft_type = self.registered_peft_type()
         IncreLoRAConfig.__post_init__(self)

@@ -8,10 +8,8 @@ import torch
 from torch import nn
 
 from src.methods import growing
-from src.methods.base import register
 from src.methods.growing.allocator import growth_sizes, select_modules
 from src.methods.growing.tuner import GrowingTuner
-from src.methods.growing.tuner import register as register_with_peft
 from src.methods.increlora.allocator import schedule_capacity
 from src.methods.increlora.config import IncreLoRAConfig, IncreLoraConfig
 from src.methods.increlora.layer import IncreLoRALinear
@@ -46,7 +44,6 @@ def _remove_from_groups(optimizer, params: list[nn.Parameter]) -> None:
         group["params"] = [p for p in group["params"] if id(p) not in ids]
 
 
-@register("increlora")
 class IncreLoRA(growing.GrowingAdapterMethod):
     config_class = IncreLoRAConfig
     peft_config_class = IncreLoraConfig
@@ -262,7 +259,3 @@ class IncreLoraModel(GrowingTuner):
     ``src.methods.RankGrowthCallback`` in a Trainer)."""
 
     prefix = "increlora_"
-    method_name = "increlora"
-
-
-register_with_peft("increlora", IncreLoraConfig, IncreLoraModel)

@@ -8,6 +8,7 @@ Follows the authors' reference implementation (DiverValue-Bench ``triadaptlora.p
 where we differ is an option, listed in the spec's decision table (D1–D12).
 """
 
+from src.methods.growing.tuner import register_growing_method
 from src.methods.triadapt.allocator import (
     allocation_size,
     dry_run_schedule,
@@ -20,6 +21,9 @@ from src.methods.triadapt.config import TriAdaptConfig, TriAdaptLoraConfig
 from src.methods.triadapt.layer import TriAdaptLinear
 from src.methods.triadapt.model import STORE_NAME, TriAdaptLoRA, TriAdaptLoraModel
 from src.methods.triadapt.storage import TriAdaptBlocks
+
+# method=<Hydra name> and peft type <PEFT NAME>: both fixed by saved runs and adapters
+register_growing_method("triadapt", "triadaptlora", TriAdaptLoRA, TriAdaptLoraConfig, TriAdaptLoraModel)
 
 __all__ = [
     "STORE_NAME",

@@ -6,7 +6,6 @@ import dataclasses
 from typing import ClassVar
 
 from peft import PeftConfig
-from peft.utils import PeftType
 
 from src.methods import growing
 from src.methods.growing.tuner import GrowingPeftConfig
@@ -116,5 +115,5 @@ class TriAdaptLoraConfig(GrowingPeftConfig, PeftConfig, TriAdaptConfig):
 
     def __post_init__(self):
         PeftConfig.__post_init__(self)
-        self.peft_type = PeftType.TRIADAPTLORA
+        self.peft_type = self.registered_peft_type()
         TriAdaptConfig.__post_init__(self)

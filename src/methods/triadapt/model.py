@@ -8,10 +8,9 @@ import torch
 from torch import nn
 
 from src.methods import growing
-from src.methods.base import find_targets, register
+from src.methods.base import find_targets
 from src.methods.growing.allocator import growth_sizes, last_allocator_step, select_modules
 from src.methods.growing.tuner import GrowingTuner
-from src.methods.growing.tuner import register as register_with_peft
 from src.methods.triadapt.allocator import allocation_size, dry_run_schedule, is_event_step, progress
 from src.methods.triadapt.config import TriAdaptConfig, TriAdaptLoraConfig
 from src.methods.triadapt.layer import TriAdaptLinear
@@ -20,7 +19,6 @@ from src.methods.triadapt.storage import TriAdaptBlocks
 STORE_NAME = "triadapt_blocks"  # the model's TriAdaptBlocks submodule
 
 
-@register("triadapt")
 class TriAdaptLoRA(growing.GrowingAdapterMethod):
     """The §1.3 contract for TriAdaptLoRA; state lives on the model (``model.adapter_info.state``)."""
 
@@ -226,7 +224,3 @@ class TriAdaptLoraModel(GrowingTuner):
     ``update_and_allocate`` (or ``src.methods.RankGrowthCallback`` in a Trainer)."""
 
     prefix = "triadapt_"
-    method_name = "triadapt"
-
-
-register_with_peft("triadaptlora", TriAdaptLoraConfig, TriAdaptLoraModel)
