@@ -161,7 +161,7 @@ def main(cfg: DictConfig) -> float | None:
     try:
         record = train(cfg)
     except Stopped as stopped:  # a signal: the sweep stops too; the same command continues both
-        write_job_status(cfg, {"status": stopped.status}, None)
+        write_job_status(cfg, {"status": stopped.status}, stopped)
         print(
             f"{stopped}. Run the same command again to continue (trainer.resume=false starts over).",
             file=sys.stderr,

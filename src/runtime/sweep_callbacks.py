@@ -80,7 +80,7 @@ def format_summary(summary: dict) -> str:
     for job in summary["failures"]:
         own = " ".join(o for o in job["overrides"] if o not in shared) or f"job {job['job']}"
         error = (job["error"] or "no error message").splitlines()[0]
-        lines.append(f"  failed: {own}: {error}")
+        lines.append(f"  {job['status']}: {own}: {error}")  # failed, or preempted / interrupted
     return "\n".join(lines)
 
 
