@@ -21,10 +21,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
-from scipy import stats
 
 from src.records import atomic_write_text
-from src.reporting import lr_selection
+from src.reporting import lr_selection, repro_stats
 from src.reporting.figures import group_figures, save
 from src.reporting.tables import (
     DASH,
@@ -49,8 +48,7 @@ PLANNED_ABLATIONS = {
     "mrpc": 4,
 }  # option variants per task (scripts/cpu_repro.py), each seeded as above
 DEFAULT = "default"
-CI = 0.95
-BOOTSTRAP_RESAMPLES = 10_000
+CI = repro_stats.CI
 MIN_PAIRS = 3  # fewer seeds give an interval (and a bootstrap) too fragile to call
 TIME_MARGIN = 0.10  # relative-to-LoRA time gaps smaller than this are load noise
 # Dev-set score (×100) of a model that predicts one constant: the majority class's share for accuracy
@@ -133,20 +131,17 @@ def paired_difference(a: dict[int, float], b: dict[int, float], seed: int = 0) -
     if len(seeds) < MIN_PAIRS:
         return None
     d = np.array([a[s] - b[s] for s in seeds])
-    n, mean = len(d), float(d.mean())
-    sem = float(d.std(ddof=1)) / math.sqrt(n)
-    half = float(stats.t.ppf(0.5 + CI / 2, n - 1)) * sem
-    rng = np.random.default_rng(seed)
-    boot = d[rng.integers(0, n, size=(BOOTSTRAP_RESAMPLES, n))].mean(axis=1)
-    lo, hi = np.quantile(boot, [(1 - CI) / 2, 0.5 + CI / 2])
+    t_low, t_high = repro_stats.t_interval(d, CI)
+    boot_low, boot_high = repro_stats.bootstrap_interval(d, seed, CI)
     return {
-        "n": n,
-        "mean": mean,
-        "t_low": mean - half,
-        "t_high": mean + half,
-        "boot_low": float(lo),
-        "boot_high": float(hi),
+        "n": len(d),
+        "mean": float(d.mean()),
+        "t_low": t_low,
+        "t_high": t_high,
+        "boot_low": boot_low,
+        "boot_high": boot_high,
         "wins": int((d > 0).sum()),
+        "mde": repro_stats.paired_t_mde(float(d.std(ddof=1)), len(d)),
     }
 
 
