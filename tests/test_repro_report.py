@@ -274,27 +274,67 @@ def test_the_tuned_protocol_opens_the_write_up_with_its_own_tables_and_verdicts(
     assert "### Results (mean" in fixed  # the fixed-lr study's sections sit one level down
 
 
-def test_cells_planned_with_two_seeds_show_their_paired_mean_and_are_not_called_pending():
-    # CoLA is planned with seeds 42-43: complete, but too few for an interval
-    def cola(seed, value, lr, study, **options):
-        r = tuned_record("triadapt", seed, value, lr, study, **options)
-        r.update(task="cola", primary_metric="matthews", best={"matthews": value})
-        r["run_id"] = r["run_id"].replace("rte", "cola")
-        return r
+def on_task(task, metric, r):
+    """``r`` (an RTE record) moved to ``task``."""
+    r.update(task=task, primary_metric=metric, best={metric: r["best"]["accuracy"]})
+    r["run_id"] = r["run_id"].replace("rte", task)
+    return r
 
-    records = tuned_grid()  # the selection grid: TriAdaptLoRA's CoLA best at seed 41 is 3e-3
+
+def cola_grid():
+    """tuned_grid plus CoLA, TriAdaptLoRA only: its selection peaks at 3e-3; at seeds 42-43 it is +3
+    over its random control on average (+2, +4)."""
+
+    def cola(seed, value, lr, study, **options):
+        return on_task("cola", "matthews", tuned_record("triadapt", seed, value, lr, study, **options))
+
+    records = tuned_grid()
     records += [cola(41, v, lr, "cpu-repro-lr") for lr, v in ((1e-3, 0.20), (3e-3, 0.30), (1e-2, 0.25))]
-    for score, options in ((0.30, {}), (0.27, {"score": "random"})):
-        records += [
-            cola(s, score + shift, 3e-3, "cpu-repro-tuned", **options) for s, shift in ((42, 0), (43, 0.02))
-        ]
+    records += [cola(s, v, 3e-3, "cpu-repro-tuned") for s, v in ((42, 0.30), (43, 0.32))]
+    records += [cola(s, 0.28, 3e-3, "cpu-repro-tuned", score="random") for s in (42, 43)]
+    return records
+
+
+def test_a_cell_with_two_seeds_shows_its_paired_mean_and_mde_and_waits_for_its_planned_seeds():
+    records = cola_grid()
     tuned = rr.render(records, []).split("## Fixed-lr")[0]
+    # d = +2, +4: sd √2, MDE (t_{.975,1} + t_{.80,1}) · √2 / √2 = 12.706 + 1.376
     assert (
-        "| CoLA | TriAdaptLoRA | 31.00 ± 1.41 (n=2) | 28.00 ± 1.41 (n=2) | +3.00 (2/2 seeds; too few for an interval) | n/a |"
+        "| CoLA | TriAdaptLoRA | 31.00 ± 1.41 (n=2) | 28.00 ± 0.00 (n=2) | +3.00 (2/2 seeds; too few for an interval) | n/a | 14.08 |"
         in tuned
     )
-    assert "1 better, 0 worse, 0 unresolved, 1 on CoLA, planned with fewer than 3 seeds" in tuned
-    assert "paired seeds so far" not in tuned.split("5. **The importance score")[1].split("\n")[0]
+    claim = tuned.split("5. **The importance score")[1].split("\n")[0]
+    assert "1 better, 0 worse, 0 unresolved, 1 with fewer than 3 paired seeds so far" in claim
+    assert "- CoLA r8: LoRA 0/4, AdaLoRA 0/4, IncreLoRA 0/4, TriAdaptLoRA 2/4" in tuned
+
+
+def test_the_tuned_claims_carry_pooled_verdicts_with_their_mde_both_without_and_with_rte():
+    tuned = rr.render(cola_grid(), []).split("## Fixed-lr")[0]
+    assert "**Pooled verdicts.** Each comparison is pooled over MRPC, STS-B, CoLA and SST-2" in tuned
+    assert tuned.index("**Pooled verdicts.**") < tuned.index("### Results")  # stated before the results
+    claim = tuned.split("5. **The importance score")[1].split("\n")[0]
+    # CoLA alone outside RTE: +2, +4 -> mean +3, exact p 2/4; the pool of two pairs can never reach 0.05
+    assert "TriAdaptLoRA score − random r̄ 8 +3.00 [+2.00, +4.00], p 0.500, MDE " in claim
+    assert "(1 task, 2 pairs): **no difference detected**" in claim
+    assert "IncreLoRA score − random r̄ 8: **not testable yet** (no pair outside RTE)" in claim
+    assert "cannot go below p = 0.5 with 2 pairs" in claim
+    # with RTE (+2 on seeds 42-44) the pool has 5 pairs: (2 + 3) / 2 = 2.5, every sign positive, p 2/32
+    assert "| TriAdaptLoRA score − random | 8 | with RTE | +2.50 [" in tuned
+    assert "p 0.062, MDE" in tuned and "(2 tasks, 5 pairs) | no difference detected |" in tuned
+    assert "| Comparison | r̄ | tasks | pooled mean [95% bootstrap], sign-flip p, MDE | verdict |" in tuned
+
+
+def test_a_pool_whose_pairs_all_agree_on_enough_pairs_gives_a_verdict():
+    pairs = {
+        t: ({s: 50.0 + s + 1.5 + 0.1 * s for s in (42, 43)}, {s: 50.0 + s for s in (42, 43)})
+        for t in ("mrpc", "stsb", "cola", "sst2")
+    }
+    rows, found = rr.repro_pooled.pooled_rows([("A − B", "8", pairs)])
+    pool = found[0]["pool"]
+    assert (pool["tasks"], pool["pairs"], pool["exact"]) == (4, 8, True)
+    assert pool["p"] == pytest.approx(2 / 2**8)  # the two all-same-sign patterns of 256
+    assert rows[0][-1] == "better" and found[0]["with_rte"] == pool  # no RTE pairs: the same pool
+    assert rr.repro_pooled.pooled_verdict({**pool, "mean": -1.0}) == "worse"
 
 
 def test_the_tuned_write_up_names_the_commits_its_runs_ran_at_and_counts_dirty_checkouts():
@@ -374,15 +414,20 @@ def test_the_selection_stage_says_when_every_cell_is_selected():
 def test_the_tuned_write_up_counts_the_runs_left_and_their_time():
     text = rr.render(tuned_grid(), [])
     # RTE: 1 LoRA and 1 TriAdaptLoRA seed at r̄ 8, every r̄ 2 run and AdaLoRA/IncreLoRA at r̄ 8 (26);
-    # MRPC 32, STS-B, CoLA and SST-2 16 each. Controls: RTE 1 + 4, MRPC 8, CoLA 4, STS-B 4.
-    # Every selection and tuned run took 100 s: 127 runs, 3.5 h.
-    assert "Left: 106 main-grid runs and 21 control runs, about 3.5 h of run time" in text
-    assert "(RTE 2 min, MRPC 2 min," in text and "about 1.8 h elapsed with two runs side by side" in text
+    # MRPC, STS-B, CoLA and SST-2 32 each. Controls: RTE 1 + 4, and 8 on each other task. Schedules:
+    # 2 × 4 seeds on MRPC, STS-B, CoLA and SST-2. Every selection and tuned run took 100 s: 223 runs, 6.2 h.
+    assert "Left: 154 main-grid runs, 37 control runs and 32 schedule runs, about 6.2 h of run time" in text
+    assert "(RTE 2 min, MRPC 2 min," in text and "about 3.1 h elapsed with two runs side by side" in text
 
 
 def test_the_tuned_claims_quote_the_fixed_lr_schedule_ablation():
-    claim = "4. **The linear schedule is best.** Not re-run under the tuned protocol; the only evidence is the fixed-lr study's schedule ablation (every method at lr 1e-3, below): "
-    assert claim + "no schedule ablation has finished yet." in rr.render(tuned_grid(), [])
+    claim = "4. **The linear schedule is best.** TriAdaptLoRA's exponential and fixed schedules at its selected LR, r̄ 8, each paired by seed with its linear main-grid run (0 runs of 32 planned so far; "
+    fixed_lr = " The fixed-lr study's ablation (every method at lr 1e-3, below): "
+    text = rr.render(tuned_grid(), [])
+    assert (
+        claim in text
+        and "none has finished yet." + fixed_lr + "no schedule ablation has finished yet." in text
+    )
     # TriAdaptLoRA's fixed-lr linear runs score 0.99 at seeds 42-44; exponential 1.5-3 points lower
     ablation = [
         repro_record("rte", "triadapt", 8, s, v, schedule="exponential")
@@ -390,7 +435,31 @@ def test_the_tuned_claims_quote_the_fixed_lr_schedule_ablation():
     ]
     tuned, fixed = rr.render(tuned_grid() + ablation, []).split("## Fixed-lr")
     evidence = "1 paired comparison of another schedule against linear: 0 significantly better than linear, 1 significantly worse, 0 unresolved. **Consistent with the claim**"
-    assert claim + evidence in tuned and "4. **The linear schedule is best.** " + evidence in fixed
+    assert fixed_lr + evidence in tuned and "4. **The linear schedule is best.** " + evidence in fixed
+
+
+def test_claim_4_pairs_the_tuned_schedule_runs_with_linear_at_the_selected_lr():
+    records = cola_grid()
+    exponential = [
+        on_task(
+            "cola",
+            "matthews",
+            tuned_record("triadapt", s, v, 3e-3, "cpu-repro-tuned", schedule="exponential"),
+        )
+        for s, v in ((42, 0.28), (43, 0.31))
+    ]  # linear: 0.30, 0.32 -> -2, -1
+    elsewhere = on_task(
+        "cola", "matthews", tuned_record("triadapt", 44, 0.9, 1e-3, "cpu-repro-tuned", schedule="exponential")
+    )  # not the selected LR: left out
+    tuned = rr.render(records + exponential + [elsewhere], []).split("## Fixed-lr")[0]
+    assert "(2 runs of 32 planned so far;" in tuned
+    assert (
+        "| CoLA | schedule=exponential | 29.50 ± 2.12 (n=2) | 31.00 ± 1.41 (n=2) | -1.50 (0/2 seeds;" in tuned
+    )
+    assert "schedule=exponential − linear r̄ 8 -1.50 [-2.00, -1.00], p 0.500," in tuned
+    assert "| schedule=exponential − linear | 8 | without RTE |" in tuned
+    assert "| schedule=exponential − linear | 8 | with RTE |" not in tuned  # RTE is not in claim 4's plan
+    assert "30 schedule runs" in tuned
 
 
 @pytest.mark.parametrize("task", sorted(rr.CONSTANT_FLOOR))

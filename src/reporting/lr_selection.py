@@ -221,3 +221,35 @@ def is_tuned_run(record: dict, selected: dict[tuple[str, str], float]) -> bool:
         and reuses_fixed_lr(record["method"], chosen)
         and _is_default(record)
     )
+
+
+def is_schedule_run(record: dict, selected: dict[tuple[str, str], float]) -> bool:
+    """A claim-4 run: TriAdaptLoRA at r̄ 8 with another schedule (its other options at their defaults)
+    at its selected LR on a ``SCHEDULE_TASKS`` task, the selection seed left out; the fixed-lr study's
+    ablation counts where that LR is 1e-3 and that study ran the task's ablation."""
+    config = record.get("config") or {}
+    method, task = record.get("method"), record.get("task")
+    if method != "triadapt" or task not in SCHEDULE_TASKS or record.get("seed") == SEED:
+        return False
+    method_cfg = config.get("method") or {}
+    axes = DEFAULT_AXES[method]
+    if method_cfg.get("schedule", axes["schedule"]) == axes["schedule"]:
+        return False
+    if any(method_cfg.get(axis, value) != value for axis, value in axes.items() if axis != "schedule"):
+        return False
+    lr = (config.get("trainer") or {}).get("learning_rate")
+    chosen = selected.get((task, method))
+    if (
+        chosen is None
+        or lr is None
+        or float(lr) != chosen
+        or (config.get("budget") or {}).get("name") != BUDGET
+    ):
+        return False
+    if config.get("study") == TUNED_STUDY:
+        return True
+    return (
+        config.get("study") == FIXED_STUDY
+        and reuses_fixed_lr(method, chosen)
+        and task in FIXED_ABLATION_TASKS
+    )
