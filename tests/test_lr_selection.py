@@ -140,6 +140,32 @@ def test_tuned_sweeps_run_only_the_seeds_a_reused_cell_lacks_and_the_schedules_o
     ]
 
 
+def test_schedule_runs_of_claim_4_are_the_emitted_ones_and_the_reused_fixed_lr_ablation():
+    grid = lambda task, best: [  # noqa: E731
+        record(
+            task,
+            "triadapt",
+            lr,
+            60.0 if lr == best else 50.0,
+            study="cpu-repro" if lr == 1e-3 else L.LR_STUDY,
+        )
+        for lr in (*L.GRID, 3e-4 if best == 1e-3 else 3e-2)
+    ]
+    selected = L.selected_lrs(grid("mrpc", 1e-3) + grid("cola", 3e-3) + grid("rte", 3e-3))
+    run = lambda task, lr, study, seed=42, budget="r8", **cfg: L.is_schedule_run(  # noqa: E731
+        record(task, "triadapt", lr, 60.0, study=study, seed=seed, budget=budget, **cfg), selected
+    )
+    assert run("cola", 3e-3, L.TUNED_STUDY, schedule="exponential")
+    assert run("cola", 3e-3, L.TUNED_STUDY, schedule="fixed", top_h=15)
+    assert run("mrpc", 1e-3, "cpu-repro", schedule="exponential")  # reused: MRPC's LR is 1e-3
+    assert not run("cola", 3e-3, L.TUNED_STUDY)  # linear is the main grid
+    assert not run("cola", 3e-3, L.TUNED_STUDY, seed=41, schedule="exponential")  # the selection seed
+    assert not run("cola", 1e-3, L.TUNED_STUDY, schedule="exponential")  # not its selected LR
+    assert not run("cola", 3e-3, L.TUNED_STUDY, budget="r2", schedule="exponential")
+    assert not run("cola", 3e-3, L.TUNED_STUDY, schedule="exponential", init="gaussian")  # two options
+    assert not run("rte", 3e-3, L.TUNED_STUDY, schedule="exponential")  # RTE is not in claim 4's plan
+
+
 def test_the_queue_runs_a_sweeps_own_seeds_and_only_the_seeds_asked_for():
     import importlib.util
     import sys
