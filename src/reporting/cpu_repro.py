@@ -705,6 +705,20 @@ def claims(
     ``pooled``: claim number -> the pooled verdict's sentence, appended to that claim."""
     same = same or {}
     lines = inert_caveat(inert_methods(same, startups), same, startups)
+    lines += [best_claim(main, pairs_vs_lora), stability_claim(main, stds)]
+    if relative:
+        lines.append(overhead_claim(relative, clock))
+    if evidence := schedule_evidence(ablations):
+        lines.append(f"4. **The linear schedule is best.** {evidence}")
+    for number, sentence in (pooled or {}).items():
+        lines = [
+            f"{line} {sentence}" if sentence and line.startswith(f"{number}. ") else line for line in lines
+        ]
+    return lines
+
+
+def best_claim(main: pd.DataFrame, pairs_vs_lora: list[dict]) -> str:
+    """Claim 1, cell by cell: where TriAdaptLoRA has the highest mean; its paired verdicts against LoRA."""
     methods = _methods(main)
     cells = [(t, b) for b, _ in _budgets(main) for t in _tasks(main)]
     best_in, contested = 0, 0  # a cell counts once every method has a run in it
@@ -719,7 +733,7 @@ def claims(
             best_in += max(means, key=means.get) == SUBJECT
     tri = [p for p in pairs_vs_lora if p["method"] == SUBJECT]
     counts = {k: sum(verdict(p["diff"]) == k for p in tri) for k in ("better", "worse", "unresolved")}
-    lines.append(
+    return (
         f"1. **TriAdaptLoRA beats LoRA, AdaLoRA and IncreLoRA.** It has the highest mean in {best_in} of "
         + (
             f"{len(cells)} task × budget cells"
@@ -739,63 +753,61 @@ def claims(
             else "**Contradicted in some cells** (see the paired table)."
         )
     )
+
+
+def stability_claim(main: pd.DataFrame, stds: list[dict[str, float]]) -> str:
+    """Claim 2, cell by cell: each method's mean seed std over the cells where every method has one."""
+    methods = _methods(main)
     # Means over the same cells only: a method missing a noisy cell would otherwise look stable.
     common = [cell for cell in stds if len(cell) == len(methods)]
     if SUBJECT not in methods or len(methods) < 2 or not common:
-        lines.append(
+        return (
             "2. **Better stability (smaller spread over seeds).** **Not testable yet**: no cell has three "
             "seeds of every method."
         )
+    mean_std_of = {m: statistics.mean(cell[m] for cell in common) for m in methods}
+    order = sorted(mean_std_of, key=mean_std_of.get)
+    least_in = sum(min(cell, key=cell.get) == SUBJECT for cell in common)
+    where = (
+        ""
+        if len(common) == len(stds)
+        else f" (over the {_count(len(common), 'cell')} where every method has three seeds)"
+    )
+    return (
+        f"2. **Better stability (smaller spread over seeds).** Mean seed std per method{where}: "
+        + ", ".join(f"{METHOD_LABEL[m]} {mean_std_of[m]:.2f}" for m in order)
+        + f"; TriAdaptLoRA spreads least in {least_in} of {_count(len(common), 'cell')}"
+        + (
+            ". **Holds**: TriAdaptLoRA has the smallest mean spread."
+            if order[0] == SUBJECT
+            else f". **Does not hold**: {METHOD_LABEL[order[0]]} spreads least."
+        )
+    )
+
+
+def overhead_claim(relative: dict[str, float], clock: str) -> str:
+    """Claim 3: time per step relative to LoRA; only a gap beyond ``TIME_MARGIN`` counts (whole runs on
+    a machine other jobs share)."""
+    adaptive = {m: r for m, r in relative.items() if m in BASELINES and not math.isnan(r)}
+    tri_rel = relative.get(SUBJECT, float("nan"))
+    margin = TIME_MARGIN
+    if not adaptive or math.isnan(tri_rel):
+        verdict_text = "**Not testable yet.**"
+    elif all(tri_rel < r - margin for r in adaptive.values()):
+        verdict_text = "**Holds**."
+    elif any(tri_rel > r + margin for r in adaptive.values()):
+        verdict_text = "**Does not hold** here."
     else:
-        mean_std_of = {m: statistics.mean(cell[m] for cell in common) for m in methods}
-        order = sorted(mean_std_of, key=mean_std_of.get)
-        least_in = sum(min(cell, key=cell.get) == SUBJECT for cell in common)
-        where = (
-            ""
-            if len(common) == len(stds)
-            else f" (over the {_count(len(common), 'cell')} where every method has three seeds)"
-        )
-        lines.append(
-            f"2. **Better stability (smaller spread over seeds).** Mean seed std per method{where}: "
-            + ", ".join(f"{METHOD_LABEL[m]} {mean_std_of[m]:.2f}" for m in order)
-            + f"; TriAdaptLoRA spreads least in {least_in} of {_count(len(common), 'cell')}"
-            + (
-                ". **Holds**: TriAdaptLoRA has the smallest mean spread."
-                if order[0] == SUBJECT
-                else f". **Does not hold**: {METHOD_LABEL[order[0]]} spreads least."
-            )
-        )
-    if relative:
-        adaptive = {m: r for m, r in relative.items() if m in BASELINES and not math.isnan(r)}
-        tri_rel = relative.get(SUBJECT, float("nan"))
-        # Whole runs on a machine other jobs share: only a gap beyond the load noise means anything.
-        margin = TIME_MARGIN
-        if not adaptive or math.isnan(tri_rel):
-            verdict_text = "**Not testable yet.**"
-        elif all(tri_rel < r - margin for r in adaptive.values()):
-            verdict_text = "**Holds**."
-        elif any(tri_rel > r + margin for r in adaptive.values()):
-            verdict_text = "**Does not hold** here."
-        else:
-            verdict_text = (
-                f"**Not resolved**: the gaps are within the ±{margin:.2f} that machine load explains."
-            )
-        lines.append(
-            f"3. **Less overhead than the other adaptive methods.** {clock[0].upper() + clock[1:]} time per step "
-            "relative to LoRA: "
-            + ", ".join(f"{METHOD_LABEL[m]} {r:.2f}×" for m, r in relative.items() if not math.isnan(r))
-            + f". {verdict_text} (Whole runs, evaluation included, on a 2-core machine shared with other "
-            "jobs; the controlled per-step measurement is results/bench/overhead_cpu_*.md. LoRA and "
-            "AdaLoRA are peft's layers; IncreLoRA and TriAdaptLoRA are this project's, which add their "
-            "branch to the frozen output with one addmm, so they can measure below LoRA.)"
-        )
-    if evidence := schedule_evidence(ablations):
-        lines.append(f"4. **The linear schedule is best.** {evidence}")
-    for number, sentence in (pooled or {}).items():
-        lines = [
-            f"{line} {sentence}" if sentence and line.startswith(f"{number}. ") else line for line in lines
-        ]
-    return lines
+        verdict_text = f"**Not resolved**: the gaps are within the ±{margin:.2f} that machine load explains."
+    return (
+        f"3. **Less overhead than the other adaptive methods.** {clock[0].upper() + clock[1:]} time per step "
+        "relative to LoRA: "
+        + ", ".join(f"{METHOD_LABEL[m]} {r:.2f}×" for m, r in relative.items() if not math.isnan(r))
+        + f". {verdict_text} (Whole runs, evaluation included, on a 2-core machine shared with other "
+        "jobs; the controlled per-step measurement is results/bench/overhead_cpu_*.md. LoRA and "
+        "AdaLoRA are peft's layers; IncreLoRA and TriAdaptLoRA are this project's, which add their "
+        "branch to the frozen output with one addmm, so they can measure below LoRA.)"
+    )
 
 
 def coverage(main: pd.DataFrame, planned_seeds: dict[str, int] = PLANNED_SEEDS) -> list[str]:
@@ -1169,25 +1181,39 @@ def tuned_section(
 def _tuned_body(
     main, controls, schedules, frame, startups, selected, fixed_lr_ablations, missing
 ) -> list[str]:
-    paired, pairs = paired_table(main, REFERENCE)
-    spread, stds = spread_table(main)
-    times, relative, clock = time_table(main)
-    response, same = budget_response_table(main)
-    control, found = control_table(main, controls)
-    subject_pool, subject_found = pooled_table(subject_comparisons(main))
-    stability_pool, stability_found = pooled_table(stability_comparisons(main), **STABILITY_WORDS)
-    control_pool, control_found = pooled_table(control_comparisons(main, controls), **CONTROL_WORDS)
-    schedule_cells, schedule_found = schedule_table(main, schedules)
-    schedule_pool, schedule_pooled = pooled_table(
+    t = _tuned_tables(main, controls, schedules)
+    return _tuned_claims(
+        t, main, schedules, startups, selected, fixed_lr_ablations, missing
+    ) + _tuned_results(t, main, schedules, frame, startups, selected)
+
+
+def _tuned_tables(main: pd.DataFrame, controls: pd.DataFrame, schedules: pd.DataFrame) -> dict:
+    """Every table of the tuned section, and what each found, by name."""
+    t = {}
+    t["paired"], t["pairs"] = paired_table(main, REFERENCE)
+    t["spread"], t["stds"] = spread_table(main)
+    t["times"], t["relative"], t["clock"] = time_table(main)
+    t["response"], t["same"] = budget_response_table(main)
+    t["control"], t["found"] = control_table(main, controls)
+    t["subject_pool"], t["subject_found"] = pooled_table(subject_comparisons(main))
+    t["stability_pool"], t["stability_found"] = pooled_table(stability_comparisons(main), **STABILITY_WORDS)
+    t["control_pool"], t["control_found"] = pooled_table(control_comparisons(main, controls), **CONTROL_WORDS)
+    t["schedule_cells"], t["schedule_found"] = schedule_table(main, schedules)
+    t["schedule_pool"], t["schedule_pooled"] = pooled_table(
         schedule_comparisons(main, schedules), rte=False, **SCHEDULE_WORDS
     )
+    return t
+
+
+def _tuned_claims(t: dict, main, schedules, startups, selected, fixed_lr_ablations, missing) -> list[str]:
     pooled = {
-        1: repro_pooled.claim_sentence(subject_found) + repro_pooled.floor_note(subject_found),
-        2: repro_pooled.claim_sentence(stability_found, **STABILITY_WORDS)
+        1: repro_pooled.claim_sentence(t["subject_found"]) + repro_pooled.floor_note(t["subject_found"]),
+        2: repro_pooled.claim_sentence(t["stability_found"], **STABILITY_WORDS)
         + " One difference per task: a spread belongs to a set of seeds, not to one, so the pairs are tasks."
-        + repro_pooled.floor_note(stability_found),
+        + repro_pooled.floor_note(t["stability_found"]),
     }
-    out = [
+    control = repro_pooled.claim_sentence(t["control_found"], **CONTROL_WORDS)
+    return [
         "### Claims of the paper under the tuned protocol",
         "",
         *(
@@ -1197,14 +1223,25 @@ def _tuned_body(
         ),
         repro_pooled.method_text(),
         "",
-        *claims(main, pairs, stds, relative, [], clock, same, at_selected_lrs(startups, selected), pooled),
-        schedule_claim(main, schedules, schedule_found, schedule_pooled, fixed_lr_ablations),
-        control_claim(
-            found,
-            repro_pooled.claim_sentence(control_found, **CONTROL_WORDS)
-            + repro_pooled.floor_note(control_found),
-        ),
+        *claims(
+            main,
+            t["pairs"],
+            t["stds"],
+            t["relative"],
+            [],
+            t["clock"],
+            t["same"],
+            at_selected_lrs(startups, selected),
+            pooled,
+        ),  # fmt: skip
+        schedule_claim(main, schedules, t["schedule_found"], t["schedule_pooled"], fixed_lr_ablations),
+        control_claim(t["found"], control + repro_pooled.floor_note(t["control_found"])),
         "",
+    ]
+
+
+def _tuned_results(t: dict, main, schedules, frame, startups, selected) -> list[str]:
+    out = [
         "### Results (mean ± std over seeds, n)",
         "",
         *results_table(main),
@@ -1217,41 +1254,45 @@ def _tuned_body(
         "MDE: the paired t-test's minimal detectable effect in the cell (80% power, α = 0.05), from two "
         "seeds on.",
         "",
-        *paired,
+        *t["paired"],
         "",
         "Pooled over tasks: TriAdaptLoRA against each method (claim 1).",
         "",
-        *subject_pool,
+        *t["subject_pool"],
         "",
         "### Spread over seeds (sample std; cells with three seeds or more)",
         "",
-        *spread,
+        *t["spread"],
         "",
         "Pooled over tasks: TriAdaptLoRA's seed std minus the other method's, one difference per task over "
         "their common seeds (two or more; claim 2).",
         "",
-        *stability_pool,
+        *t["stability_pool"],
         "",
         "### Allocation control: importance score against random allocation (r̄ 8)",
         "",
-        *control,
+        *t["control"],
         "",
         "Pooled over tasks (claim 5).",
         "",
-        *control_pool,
+        *t["control_pool"],
         "",
         "### Schedules: TriAdaptLoRA's other schedules against linear (r̄ 8, claim 4)",
         "",
         "RTE is not in this plan: no method there is far from a constant predictor.",
         "",
-        *(schedule_cells + ["", *schedule_pool] if len(schedules) else ["No schedule run has finished yet."]),
+        *(
+            t["schedule_cells"] + ["", *t["schedule_pool"]]
+            if len(schedules)
+            else ["No schedule run has finished yet."]
+        ),
         "",
         *tuned_startup_section(startups, selected),
         "",
     ]
-    if response:
-        out += ["### Does the budget matter?", "", *response, ""]
-    out += ["### Time per step", "", *times, ""]
+    if t["response"]:
+        out += ["### Does the budget matter?", "", *t["response"], ""]
+    out += ["### Time per step", "", *t["times"], ""]
     return out
 
 
@@ -1291,14 +1332,7 @@ def render(
     frame = study_frame(records)
     if frame.empty:
         return "# CPU mini-reproduction\n\nNo finished runs of the `cpu-repro` study yet: run `make cpu-repro`.\n"
-    main = frame[frame["variant"] == DEFAULT]
-    missing = coverage(main)
-    paired, pairs = paired_table(main, REFERENCE)
-    spread, stds = spread_table(main)
-    times, relative, clock = time_table(main)
     ablation, ablations = ablation_table(frame)
-    response, same = budget_response_table(main)
-    threads = sorted({int(t) for t in frame["threads"].dropna()})
     head = [
         "# CPU mini-reproduction: LoRA, AdaLoRA, IncreLoRA and TriAdaptLoRA on real GLUE",
         "",
@@ -1310,6 +1344,38 @@ def render(
         *tuned_section(records, tuned_startups, ablations),
         *lr_selection_section(records),
     ]
+    return "\n".join(head + fixed_lr_section(frame, ablation, ablations, figure_names, startup))
+
+
+def fixed_lr_section(
+    frame: pd.DataFrame,
+    ablation: list[str],
+    ablations: list[dict],
+    figure_names: list[str],
+    startup: dict | None,
+) -> list[str]:
+    """The fixed-lr study (every method at lr 1e-3): status, claims, tables and figures, its headings one
+    level below its own."""
+    main = frame[frame["variant"] == DEFAULT]
+    paired, pairs = paired_table(main, REFERENCE)
+    spread, stds = spread_table(main)
+    times, relative, clock = time_table(main)
+    response, same = budget_response_table(main)
+    out = fixed_lr_status(frame, main)
+    out += [
+        "## Claims of the paper, checked at this scale",
+        "",
+        *claims(main, pairs, stds, relative, ablations, clock, same, [startup] if startup else []),
+        "",
+    ]
+    out += fixed_lr_tables(main, paired, spread, response, times, ablation, figure_names)
+    return [out[0], *("#" + line if line.startswith("## ") else line for line in out[1:])]
+
+
+def fixed_lr_status(frame: pd.DataFrame, main: pd.DataFrame) -> list[str]:
+    """The fixed-lr study's protocol, its runs, and what is still to run."""
+    missing = coverage(main)
+    threads = sorted({int(t) for t in frame["threads"].dropna()})
     out = [
         "## Fixed-lr study (secondary): lr 1e-3 for every method",
         "",
@@ -1335,13 +1401,11 @@ def render(
         ]
     if ablations_left := ablation_coverage(frame):
         out += [ablations_left, ""]
-    out += [
-        "## Claims of the paper, checked at this scale",
-        "",
-        *claims(main, pairs, stds, relative, ablations, clock, same, [startup] if startup else []),
-        "",
-    ]
-    out += ["## Results (mean ± std over seeds, n)", "", *results_table(main), ""]
+    return out
+
+
+def fixed_lr_tables(main, paired, spread, response, times, ablation, figure_names) -> list[str]:
+    out = ["## Results (mean ± std over seeds, n)", "", *results_table(main), ""]
     out += [line for sentence in near_floor(main) + collapsed_runs(main) for line in (sentence, "")]
     out += [
         "## Paired comparison against LoRA",
@@ -1380,9 +1444,7 @@ def render(
         out += ["## TriAdaptLoRA options (one changed at a time)", "", *ablation, ""]
     if figure_names:
         out += ["## Figures", ""] + [f"![{name}](figures/{name})" for name in figure_names] + [""]
-    # the fixed-lr study's sections sit one level below its own heading
-    out = [out[0], *("#" + line if line.startswith("## ") else line for line in out[1:])]
-    return "\n".join(head + out)
+    return out
 
 
 def report_figures(records: list[dict]) -> dict[str, Figure]:
