@@ -1,4 +1,4 @@
-"""The CPU mini-reproduction write-up (src/reporting/cpu_repro.py): statistics worked by hand, and the
+"""The CPU mini-reproduction write-up (src/reporting/cpu_repro/): statistics worked by hand, and the
 rendered README on hand-made records."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import math
 import pytest
 
 from src.reporting import cpu_repro as rr
+from src.reporting.cpu_repro import pooled
 from tests.fixtures.records import record
 
 
@@ -329,12 +330,12 @@ def test_a_pool_whose_pairs_all_agree_on_enough_pairs_gives_a_verdict():
         t: ({s: 50.0 + s + 1.5 + 0.1 * s for s in (42, 43)}, {s: 50.0 + s for s in (42, 43)})
         for t in ("mrpc", "stsb", "cola", "sst2")
     }
-    rows, found = rr.repro_pooled.pooled_rows([("A − B", "8", pairs)])
+    rows, found = pooled.pooled_rows([("A − B", "8", pairs)])
     pool = found[0]["pool"]
     assert (pool["tasks"], pool["pairs"], pool["exact"]) == (4, 8, True)
     assert pool["p"] == pytest.approx(2 / 2**8)  # the two all-same-sign patterns of 256
     assert rows[0][-1] == "better" and found[0]["with_rte"] == pool  # no RTE pairs: the same pool
-    assert rr.repro_pooled.pooled_verdict({**pool, "mean": -1.0}) == "worse"
+    assert pooled.pooled_verdict({**pool, "mean": -1.0}) == "worse"
 
 
 def test_the_tuned_write_up_names_the_commits_its_runs_ran_at_and_counts_dirty_checkouts():

@@ -1,4 +1,4 @@
-"""The CPU study's statistics (src/reporting/repro_stats.py) against scipy and brute force, on fixed
+"""The CPU study's statistics (src/reporting/cpu_repro/stats.py) against scipy and brute force, on fixed
 inputs."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from src.reporting import repro_stats as rs
+from src.reporting.cpu_repro import stats as rs
 
 A = np.array([80.1, 78.4, 81.0, 79.2, 77.9, 80.6])
 B = np.array([79.0, 78.9, 79.5, 77.1, 78.0, 79.4])

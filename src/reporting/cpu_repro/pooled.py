@@ -13,7 +13,7 @@ import math
 import statistics
 from collections.abc import Mapping
 
-from src.reporting import repro_stats
+from src.reporting.cpu_repro import stats as repro_stats
 from src.reporting.tables import DASH, TASK_LABEL
 
 POOL_TASKS = ("mrpc", "stsb", "cola", "sst2")

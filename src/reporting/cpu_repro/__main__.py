@@ -1,0 +1,3 @@
+from src.reporting.cpu_repro.render import main
+
+main()
