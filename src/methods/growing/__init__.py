@@ -16,7 +16,7 @@ on a model injected directly as well (shared/spec/methods.md §1):
 - ``persistence.py``: ``save_adapter`` / ``load_adapter``, the §1.6 directory format of a directly
   injected model, rebuilt shapes, strict key check (the tuners save with ``save_pretrained``).
 - ``optim.py``: ``add_param_group``, one optimizer group per allocation event, scheduled per
-  ``new_params_lr``.
+  ``new_params_lr``; moving or removing tensors in an optimizer (IncreLoRA's spare activation).
 - ``allocator.py``: what both allocators share (timings, random scores, the schedule warning).
 - ``method.py``: ``GrowingAdapterMethod``, the harness contract (src/methods/base.py) through the
   tuner, wired to all of the above.
@@ -54,7 +54,12 @@ from src.methods.growing.injection import (
 )
 from src.methods.growing.layer import AdapterLinear, HeadWrapper, SharedAdapterStorage
 from src.methods.growing.method import GrowingAdapterMethod
-from src.methods.growing.optim import NEW_PARAMS_LR, add_param_group
+from src.methods.growing.optim import (
+    NEW_PARAMS_LR,
+    add_param_group,
+    move_optimizer_rows,
+    remove_from_groups,
+)
 from src.methods.growing.persistence import (
     CONFIG_FILE,
     WEIGHTS_FILE,
@@ -96,11 +101,13 @@ __all__ = [
     "load_adapter_state",
     "merge",
     "merge_and_unload",
+    "move_optimizer_rows",
     "orth_penalty",
     "peft_heads",
     "prepare_model",
     "random_scores",
     "read_adapter_config",
+    "remove_from_groups",
     "restore_adapter",
     "restore_layout",
     "save_adapter",

@@ -1,9 +1,11 @@
-"""One optimizer group per allocation event, scheduled per ``new_params_lr`` (spec §5.8)."""
+"""One optimizer group per allocation event, scheduled per ``new_params_lr`` (spec §5.8), and the
+optimizer surgery a growth that replaces tensors needs."""
 
 from __future__ import annotations
 
 import copy
 
+import torch
 from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
@@ -65,3 +67,32 @@ def add_param_group(
     default = getattr(scheduler, "default_lambda", None) or scheduler.lr_lambdas[index]
     lr_schedule.add_group(scheduler, group_lambda(group["lr_schedule"], default))
     return optimizer.param_groups[-1]
+
+
+def move_optimizer_rows(optimizer, pairs: list[tuple[nn.Parameter, nn.Parameter]]) -> None:
+    """Swap ``old`` for ``new`` (its leading rows / columns) in the optimizer, state rows included.
+
+    IncreLoRA uses it when a clipped last growth splits a spare: the activated rows keep their group
+    (their restart schedule started at the spare's birth) and their Adam moments.
+    """
+    optimizer = getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer
+    for old, new in pairs:
+        for group in optimizer.param_groups:
+            for j, p in enumerate(group["params"]):
+                if p is old:
+                    group["params"][j] = new
+        state = optimizer.state.pop(old, None)
+        if state:
+            index = tuple(slice(0, n) for n in new.shape)
+            optimizer.state[new] = {
+                key: value[index].clone() if torch.is_tensor(value) and value.shape == old.shape else value
+                for key, value in state.items()
+            }
+
+
+def remove_from_groups(optimizer, params: list[nn.Parameter]) -> None:
+    """Take ``params`` out of their optimizer groups (they have no state: a spare's E is frozen)."""
+    optimizer = getattr(optimizer, "optimizer", optimizer)
+    ids = {id(p) for p in params}
+    for group in optimizer.param_groups:
+        group["params"] = [p for p in group["params"] if id(p) not in ids]

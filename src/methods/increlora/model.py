@@ -15,35 +15,6 @@ from src.methods.increlora.config import IncreLoRAConfig, IncreLoraConfig
 from src.methods.increlora.layer import IncreLoRALinear
 
 
-def _move_optimizer_rows(optimizer, pairs: list[tuple[nn.Parameter, nn.Parameter]]) -> None:
-    """Swap ``old`` for ``new`` (its leading rows / columns) in the optimizer, state rows included.
-
-    Used only by a clipped last growth that splits a spare: the activated rows keep their group
-    (their restart schedule started at the spare's birth) and their Adam moments.
-    """
-    optimizer = getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer
-    for old, new in pairs:
-        for group in optimizer.param_groups:
-            for j, p in enumerate(group["params"]):
-                if p is old:
-                    group["params"][j] = new
-        state = optimizer.state.pop(old, None)
-        if state:
-            index = tuple(slice(0, n) for n in new.shape)
-            optimizer.state[new] = {
-                key: value[index].clone() if torch.is_tensor(value) and value.shape == old.shape else value
-                for key, value in state.items()
-            }
-
-
-def _remove_from_groups(optimizer, params: list[nn.Parameter]) -> None:
-    """Take ``params`` out of their optimizer groups (they have no state: a spare's E is frozen)."""
-    optimizer = getattr(optimizer, "optimizer", optimizer)
-    ids = {id(p) for p in params}
-    for group in optimizer.param_groups:
-        group["params"] = [p for p in group["params"] if id(p) not in ids]
-
-
 class IncreLoRA(growing.GrowingAdapterMethod):
     config_class = IncreLoRAConfig
     peft_config_class = IncreLoraConfig
@@ -159,10 +130,10 @@ class IncreLoRA(growing.GrowingAdapterMethod):
                 layer.append_block(*triplets)
                 new_params += triplets
         if optimizer is not None:
-            _move_optimizer_rows(optimizer, split)
+            growing.move_optimizer_rows(optimizer, split)
             if config.activated_group == "new" and activated:
                 # the activated E leave their spares' groups and start in this event's group
-                _remove_from_groups(optimizer, activated)
+                growing.remove_from_groups(optimizer, activated)
                 new_params = activated + new_params
             elif activated:
                 # an optimizer built from the trainable tensors alone (a stock Trainer's) never held
