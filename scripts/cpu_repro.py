@@ -1,4 +1,4 @@
-"""The CPU mini-reproduction (issue #7): run what is missing of the grid, then render the write-up.
+"""The CPU mini-reproduction: run what is missing of the grid, then render the write-up.
 
     python scripts/cpu_repro.py [--chunk rte --chunk ablation-mrpc ...] [--render-only] [--list]
 
@@ -23,20 +23,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from src.reporting.lr_selection import TUNED_SEEDS  # noqa: E402
+from src.reporting.lr_selection import (  # noqa: E402  (the plan: tasks, seeds, variants)
+    ABLATION_VARIANTS,
+    FIXED_ABLATION_TASKS,
+    FIXED_SEEDS,
+    LR_STUDY,
+    REUSED,
+    TASKS,
+    TUNED_SEEDS,
+)
 
 METHODS = "lora,adalora,increlora,triadapt"
-SEEDS_5 = "41,42,43,44,45"  # RTE and MRPC: the noisiest small tasks get five seeds
-SEEDS_3 = "41,42,43"
-# TriAdaptLoRA options compared one at a time against its defaults (linear / identity / increment).
 # The fixed schedule adds K = top_h modules per event; 15 fills r̄ = 8 (M = 36, 252 ranks to add)
 # after 17 events, as the linear schedule does, so the ablation compares the shape of the schedule.
-ABLATION_VARIANTS = [
-    "method.schedule=exponential",
-    "method.schedule=fixed method.top_h=15",
-    "method.init=gaussian",
-    "method.score=level",
-]
 
 
 @dataclass
@@ -50,15 +49,19 @@ class Chunk:
     derived: str | None = None
 
 
-# Issue #20, learning-rate selection: one rule for every method x task. r̄ 8, seed 41, grid {1e-3, 3e-3,
+# Learning-rate selection: one rule for every method x task. r̄ 8, seed 41, grid {1e-3, 3e-3,
 # 1e-2}; the grid has a study of its own. Reused records: every 1e-3 point but IncreLoRA's is the
 # fixed-lr study's (`study: cpu-repro`); RTE's 1e-2 points for LoRA, AdaLoRA and TriAdaptLoRA are the
 # earlier single-LR check (`study: cpu-repro-lr1e-2`, same configuration). IncreLoRA's defaults
-# changed (released behaviour, issue #19), so all three of its points are run here. A best LR at an
+# changed (released behaviour), so all three of its points are run here. A best LR at an
 # edge of the grid adds the next point beyond it (3e-4 or 3e-2): the lr-edge-<task> chunks, whose
 # sweeps src/reporting/lr_selection.py reads off the records when they start.
-LR_STUDY = "cpu-repro-lr"
-BASELINES = "lora,adalora,triadapt"
+BASELINES = ",".join(REUSED)
+
+
+def fixed_seeds(task: str) -> str:
+    """The fixed-lr study's seeds of ``task`` (RTE and MRPC, the noisiest small tasks, get five)."""
+    return ",".join(map(str, FIXED_SEEDS[task]))
 
 
 def lr_grid(task: str) -> list[str]:
@@ -70,21 +73,19 @@ def lr_grid(task: str) -> list[str]:
 
 
 CHUNKS = [
-    *(Chunk(f"lr-{t}", t, "41", lr_grid(t)) for t in ("rte", "mrpc", "stsb", "cola", "sst2")),
-    *(Chunk(f"lr-edge-{t}", t, "41", [], derived="edges") for t in ("rte", "mrpc", "stsb", "cola", "sst2")),
-    # Issue #20's main grid and random-allocation controls, each cell at its selected LR; seed 41 (the
-    # selection seed) is not rerun. src/reporting/lr_selection.py holds the seeds, tasks and reuse.
+    *(Chunk(f"lr-{t}", t, "41", lr_grid(t)) for t in TASKS),
+    *(Chunk(f"lr-edge-{t}", t, "41", [], derived="edges") for t in TASKS),
+    # The tuned protocol's main grid, random-allocation controls and schedules, each cell at its
+    # selected LR; seed 41 (the selection seed) is not rerun.
+    *(Chunk(f"tuned-{t}", t, TUNED_SEEDS[t], [], derived="tuned") for t in TASKS),
+    # The fixed-lr study: every method at lr 1e-3, then TriAdaptLoRA's options one at a time.
+    *(Chunk(t, t, fixed_seeds(t)) for t in TASKS),
     *(
-        Chunk(f"tuned-{t}", t, TUNED_SEEDS[t], [], derived="tuned")
-        for t in ("rte", "mrpc", "stsb", "cola", "sst2")
+        Chunk(
+            f"ablation-{t}", t, fixed_seeds(t), [f"method=triadapt budget=r8 {v}" for v in ABLATION_VARIANTS]
+        )
+        for t in FIXED_ABLATION_TASKS
     ),
-    Chunk("rte", "rte", SEEDS_5),
-    Chunk("mrpc", "mrpc", SEEDS_5),
-    Chunk("stsb", "stsb", SEEDS_3),
-    Chunk("cola", "cola", SEEDS_3),
-    Chunk("sst2", "sst2", SEEDS_3),
-    Chunk("ablation-rte", "rte", SEEDS_5, [f"method=triadapt budget=r8 {v}" for v in ABLATION_VARIANTS]),
-    Chunk("ablation-mrpc", "mrpc", SEEDS_5, [f"method=triadapt budget=r8 {v}" for v in ABLATION_VARIANTS]),
 ]
 
 

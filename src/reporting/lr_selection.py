@@ -1,4 +1,9 @@
-"""The tuned CPU study's learning-rate selection (issue #20): one rule for every method × task.
+"""The CPU study's run plan, and the tuned protocol's learning-rate selection rule.
+
+The plan (tasks, seeds, ablation variants, controls, schedules) lives here alone: scripts/cpu_repro.py
+queues it, src/reporting/cpu_repro/ checks the records against it, and the selection below reads it.
+
+The rule, one for every method × task:
 
 At r̄ 8 and seed 41, each method is run at lr ∈ {1e-3, 3e-3, 1e-2}; a best LR at an edge of that grid
 adds the next point beyond it (3e-4 below, 3e-2 above), once; the LR with the best dev score is
@@ -6,7 +11,7 @@ selected, the smaller one on a tie. Pure functions of the run records:
 
 - grid points come from ``study: cpu-repro-lr`` and, for the methods whose configuration did not
   change, from the fixed-lr study (``cpu-repro``, lr 1e-3) and the earlier RTE check
-  (``cpu-repro-lr1e-2``); IncreLoRA's only from ``cpu-repro-lr`` (its defaults changed, issue #19);
+  (``cpu-repro-lr1e-2``); IncreLoRA's only from ``cpu-repro-lr`` (its defaults changed since);
 - ``selection`` says, per task and method, the selected LR or what is still to run;
 - ``tuned_sweeps`` names the runs of the main grid and of the random-allocation control at the
   selected LRs, and ``is_tuned_run`` picks their records (reused fixed-lr records included).
@@ -18,6 +23,7 @@ from dataclasses import dataclass, field
 
 from src.reporting.tables import DEFAULT_AXES, fmt_lr
 
+TASKS = ("rte", "mrpc", "stsb", "cola", "sst2")
 LR_STUDY = "cpu-repro-lr"
 SEED, BUDGET = 41, "r8"
 GRID = (1e-3, 3e-3, 1e-2)
@@ -29,7 +35,7 @@ SOURCES = {LR_STUDY: None, "cpu-repro": REUSED, "cpu-repro-lr1e-2": REUSED}
 # in a mean). A method whose selected LR is the fixed-lr study's 1e-3 reuses that study's records.
 TUNED_STUDY = "cpu-repro-tuned"
 FIXED_STUDY, FIXED_LR = "cpu-repro", 1e-3
-TUNED_SEEDS = {t: "42,43,44,45" for t in ("rte", "mrpc", "stsb", "cola", "sst2")}
+TUNED_SEEDS = {t: "42,43,44,45" for t in TASKS}
 # The seeds the fixed-lr study ran: a reused cell runs only the tuned seeds that study lacks.
 FIXED_SEEDS = {
     "rte": (41, 42, 43, 44, 45),
@@ -52,7 +58,15 @@ CONTROL, CONTROL_TASKS, CONTROLLED = (
 # ablation on the task, its records are reused.
 SCHEDULE_TASKS = ("mrpc", "stsb", "cola", "sst2")
 SCHEDULE_VARIANTS = ("method.schedule=exponential", "method.schedule=fixed method.top_h=15")
+# The fixed-lr study's TriAdaptLoRA options, compared one at a time against its defaults (linear /
+# identity / increment) on these tasks at their fixed-lr seeds.
 FIXED_ABLATION_TASKS = ("rte", "mrpc")
+ABLATION_VARIANTS = (
+    "method.schedule=exponential",
+    "method.schedule=fixed method.top_h=15",
+    "method.init=gaussian",
+    "method.score=level",
+)
 
 
 @dataclass

@@ -24,7 +24,7 @@ INERT_EFFECT_SHARE = 0.05
 STARTUP = "results/diagnostics/adapter_startup.json"  # scripts/adapter_startup.py's untagged output
 
 
-# Beside it, the same measurement at each method's selected LR (issue #20), one file per task:
+# Beside it, the same measurement at each method's selected LR, one file per task:
 # ``scripts/adapter_startup.py --task <task> --selected-lrs --tag _tuned_<task>``.
 TUNED_STARTUP = "adapter_startup_tuned_{task}.json"
 

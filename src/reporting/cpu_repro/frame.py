@@ -25,7 +25,7 @@ STUDY = "cpu-repro"
 SUBJECT, REFERENCE, BASELINES = "triadapt", "lora", ("adalora", "increlora")
 
 
-TASKS = ["rte", "mrpc", "stsb", "cola", "sst2"]
+TASKS = list(lr_selection.TASKS)
 
 
 METRIC_LABEL = {"accuracy": "acc", "matthews": "MCC", "pearson": "Pearson"}

@@ -14,13 +14,10 @@ from src.reporting.tables import (
     TASK_LABEL,
 )
 
-PLANNED_SEEDS = {"rte": 5, "mrpc": 5, "stsb": 3, "cola": 3, "sst2": 3}  # scripts/cpu_repro.py
-
-
-PLANNED_ABLATIONS = {
-    "rte": 4,
-    "mrpc": 4,
-}  # option variants per task (scripts/cpu_repro.py), each seeded as above
+# The plan is src/reporting/lr_selection.py's, as scripts/cpu_repro.py runs it: seeds per cell of the
+# fixed-lr study, its option variants per ablation task (each seeded as the task), and the tuned seeds.
+PLANNED_SEEDS = {t: len(seeds) for t, seeds in lr_selection.FIXED_SEEDS.items()}
+PLANNED_ABLATIONS = {t: len(lr_selection.ABLATION_VARIANTS) for t in lr_selection.FIXED_ABLATION_TASKS}
 
 
 # seeds per task the tuned protocol plans (the selection seed apart)
