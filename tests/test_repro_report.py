@@ -505,3 +505,18 @@ def test_the_write_up_names_a_run_whose_last_evaluation_collapsed_below_its_best
     for r in runs:
         del r["final"]
     assert "Runs that collapsed" not in rr.render(runs, [])
+
+
+def test_records_are_brought_to_the_current_schema_as_they_load():
+    from src.reporting.cpu_repro.frame import current_schema
+
+    old = repro_record("rte", "triadapt", 8, 42, 0.6)
+    for key in ("cpu_time_s", "host", "train_log"):
+        old.pop(key, None)
+    old["config"]["method"].pop("score", None)  # ran before the option existed: its default
+    new = current_schema(old)
+    assert new["config"]["method"]["score"] == "increment" and new["cpu_time_s"] is None
+    assert new["host"] == {} and new["train_log"] == [] and new["git"] == {}
+    assert old["config"]["method"].get("score") is None  # the record itself is left alone
+    frame = rr.study_frame([old])
+    assert frame["variant"].tolist() == [rr.DEFAULT] and frame["cpu_time_s"].isna().all()

@@ -66,16 +66,39 @@ def variant_label(method: str, method_cfg: dict) -> str:
     return " ".join(changed) or DEFAULT
 
 
+# Fields the record schema gained after the first runs, each with the value an earlier record has
+# implicitly: no CPU time measured, no host or commit known, no final evaluation or log kept.
+ADDED_FIELDS = {
+    "cpu_time_s": None,
+    "host": {},
+    "git": {},
+    "final": {},
+    "budget": {},
+    "train_log": [],
+    "finished_at": "",
+}
+
+
+def current_schema(record: dict) -> dict:
+    """``record`` brought to the current schema as it loads: a field it predates gets its
+    ``ADDED_FIELDS`` value, and a method option added after it ran gets its default (``DEFAULT_AXES``),
+    which is what that run did. Everything downstream reads the current schema only."""
+    config = record.get("config") or {}
+    method = {**DEFAULT_AXES.get(record.get("method"), {}), **(config.get("method") or {})}
+    present = {key: value for key, value in record.items() if value is not None}
+    return {**ADDED_FIELDS, **present, "config": {**config, "method": method}}
+
+
 def study_frame(records: list[dict], study: str = STUDY, keep=None) -> pd.DataFrame:
     """Ok runs of ``study`` (or those ``keep(record)`` accepts), the latest per (task, method, budget,
-    variant, seed)."""
+    variant, seed), each record first brought to the current schema."""
     rows = []
-    for r in records:
-        config = r.get("config") or {}
+    for r in map(current_schema, records):
+        config = r["config"]
         wanted = keep(r) if keep is not None else config.get("study") == study
         if not wanted or r.get("status") != "ok" or not r.get("best"):
             continue
-        final = (r.get("budget") or {}).get("final") or {}
+        final = r["budget"].get("final") or {}
         metric = r["primary_metric"]
         rows.append(
             {
@@ -84,23 +107,23 @@ def study_frame(records: list[dict], study: str = STUDY, keep=None) -> pd.DataFr
                 "method": r["method"],
                 "budget": config["budget"]["name"],
                 "avg_rank": config["budget"]["avg_rank"],
-                "variant": variant_label(r["method"], config.get("method") or {}),
+                "variant": variant_label(r["method"], config["method"]),
                 "seed": r["seed"],
                 "metric": metric,
                 "value": 100.0 * r["best"][metric],
-                "last_value": 100.0 * (r.get("final") or {}).get(metric, math.nan),
+                "last_value": 100.0 * r["final"].get(metric, math.nan),
                 "wall_time_s": r.get("wall_time_s"),
-                "cpu_time_s": r.get("cpu_time_s"),
+                "cpu_time_s": r["cpu_time_s"],
                 "end_train_loss": end_train_loss(r),
                 "total_steps": r.get("total_steps"),
                 "total_rank": final.get("total_rank"),
                 "target_total_rank": final.get("target_total_rank"),
                 "effective_adapter": final.get("effective_adapter"),
                 "trainable_adapter": final.get("trainable_adapter"),
-                "threads": (r.get("host") or {}).get("torch_threads"),
-                "finished_at": r.get("finished_at") or "",
-                "git_sha": (r.get("git") or {}).get("sha") or "",
-                "git_dirty": bool((r.get("git") or {}).get("dirty")),
+                "threads": r["host"].get("torch_threads"),
+                "finished_at": r["finished_at"],
+                "git_sha": r["git"].get("sha") or "",
+                "git_dirty": bool(r["git"].get("dirty")),
             }
         )
     frame = pd.DataFrame(rows)
@@ -200,7 +223,7 @@ def end_train_loss(record: dict) -> float:
     total = record.get("total_steps") or 0
     losses = [
         e["loss"] - e.get("orth_reg", 0.0)
-        for e in record.get("train_log") or []
+        for e in record["train_log"]
         if "loss" in e and e["step"] > 0.9 * total
     ]
     return statistics.mean(losses) if losses else float("nan")

@@ -260,7 +260,7 @@ TIME_COLUMNS = {"wall_time_s": "wall", "cpu_time_s": "CPU"}
 
 def per_step_seconds(main: pd.DataFrame, column: str) -> dict[str, dict[tuple[str, str], float]]:
     """Mean seconds per optimizer step (whole run / T) per method and (task, budget) cell, from the
-    runs that have `column`; records written before CPU time was recorded lack it."""
+    runs that have `column` (a record that predates CPU time has none)."""
     main = main.dropna(subset=[column]).assign(per_step=lambda f: f[column] / f["total_steps"])
     cells = main.groupby(["method", "task", "budget"])["per_step"].mean()
     out: dict[str, dict[tuple[str, str], float]] = {}
