@@ -21,7 +21,6 @@ from src.reporting.cpu_repro.frame import (
     by_seed,
     verdict,
 )
-from src.reporting.cpu_repro.plan import TUNED_PLANNED
 from src.reporting.tables import (
     METHOD_LABEL,
     TASK_LABEL,
@@ -171,21 +170,11 @@ def control_claim(found: list[dict], pooled: str = "") -> str:
     counts = {
         k: sum(verdict(f["diff"]) == k for f in found) for k in ("better", "worse", "unresolved", "n/a")
     }
-    # a task planned with fewer seeds than an interval needs stays without one when it is complete
-    by_design = [f for f in found if f["diff"] is None and TUNED_PLANNED[f["task"]] < MIN_PAIRS]
-    so_far = counts["n/a"] - len(by_design)
-    design_tasks = " and ".join(dict.fromkeys(TASK_LABEL[f["task"]] for f in by_design))
     text = (
         f"5. **The importance score allocates better than chance** (the control this study adds). Each "
         f"growing method against its own random-allocation control at r̄ 8, paired by seed: "
         f"{counts['better']} better, {counts['worse']} worse, {counts['unresolved']} unresolved"
-        + (f", {so_far} with fewer than {MIN_PAIRS} paired seeds so far" if so_far else "")
-        + (
-            f", {len(by_design)} on {design_tasks}, planned with fewer than {MIN_PAIRS} seeds: too few "
-            "for an interval (their paired means are in the control table)"
-            if by_design
-            else ""
-        )
+        + (f", {counts['n/a']} with fewer than {MIN_PAIRS} paired seeds so far" if counts["n/a"] else "")
         + ". "
     )
     if not found or counts["n/a"] == len(found):
