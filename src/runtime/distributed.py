@@ -57,7 +57,9 @@ def adopt_submitit_tasks() -> None:
     import submitit
 
     if submitit.JobEnvironment().num_tasks > 1:
-        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=torch.cuda.is_available())
+        submitit.helpers.TorchDistributedEnvironment().export(
+            set_cuda_visible_devices=torch.cuda.is_available()
+        )
 
 
 def launched_processes() -> int:
