@@ -44,6 +44,7 @@ def train(cfg: DictConfig) -> dict:
     from src.runtime.backbones import load_model, load_tokenizer
     from src.runtime.checkpoints import checkpoint_step, prepare_run_dir
     from src.runtime.config_schema import check_config
+    from src.runtime.quiet import silence_known_noise
     from src.runtime.tracking import RunTracker
     from src.runtime.trainer import (
         AdapterTrainer,
@@ -55,6 +56,7 @@ def train(cfg: DictConfig) -> dict:
     from src.tasks import optimizer_steps, prepare_task
 
     config = check_config(cfg)  # a bad value is one line here, before anything is loaded or written
+    silence_known_noise()
     ensure_offline_mode_if_unreachable()
     datasets.disable_progress_bars()
     run_id = cfg.run_id or default_run_id(config)
