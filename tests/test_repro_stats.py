@@ -137,3 +137,11 @@ def test_pooled_reports_counts_mde_and_skips_empty_tasks():
     assert out["mde"] == pytest.approx(rs.normal_mde(out["se"]))
     assert out["low"] <= out["mean"] <= out["high"]
     assert rs.pooled({"rte": []}) is None
+
+
+def test_a_pool_too_small_to_reach_p_005_has_no_mde():
+    assert rs.smallest_p(5) == pytest.approx(0.0625) and rs.smallest_p(6) == pytest.approx(0.03125)
+    five = rs.pooled({"a": [1.0, 2.0, 3.0], "b": [1.5, 2.5]})
+    six = rs.pooled({"a": [1.0, 2.0, 3.0], "b": [1.5, 2.5, 0.5]})
+    assert five["p"] == pytest.approx(rs.smallest_p(5)) and math.isinf(five["mde"])
+    assert math.isfinite(six["mde"])

@@ -52,9 +52,11 @@ def fmt_mde(mde: float) -> str:
 
 def pooled_verdict(pool: dict | None, higher: str = "better", lower: str = "worse") -> str:
     """``higher`` / ``lower`` when the sign-flip p is below ``repro_stats.ALPHA``, else no detected
-    difference; "n/a" without pairs."""
+    difference; "too few pairs to test" where p < ALPHA is out of reach; "n/a" without pairs."""
     if pool is None:
         return "n/a"
+    if not math.isfinite(pool["mde"]):
+        return "too few pairs to test"
     if pool["p"] < repro_stats.ALPHA:
         return higher if pool["mean"] > 0 else lower
     return "no difference detected"
@@ -65,8 +67,9 @@ def fmt_pool(pool: dict | None) -> str:
     if pool is None:
         return DASH
     p = f"p {pool['p']:.3f}" if pool["exact"] else f"p {pool['p']:.3f} (sampled)"
+    mde = f"MDE {pool['mde']:.2f}" if math.isfinite(pool["mde"]) else "no MDE"
     return (
-        f"{pool['mean']:+.2f} [{pool['low']:+.2f}, {pool['high']:+.2f}], {p}, MDE {pool['mde']:.2f} "
+        f"{pool['mean']:+.2f} [{pool['low']:+.2f}, {pool['high']:+.2f}], {p}, {mde} "
         f"({_plural(pool['tasks'], 'task')}, {_plural(pool['pairs'], 'pair')})"
     )
 
@@ -109,8 +112,9 @@ def method_text() -> str:
         "the interval is coarse and likely too narrow, so the p decides). MDE: the smallest true "
         "difference the test would detect with 80% power at α = 0.05 two-sided: per cell "
         "(t₀.₉₇₅,ₙ₋₁ + t₀.₈₀,ₙ₋₁) · sd / √n of the paired t-test, pooled (z₀.₉₇₅ + z₀.₈₀) · SE with SE "
-        "the bootstrap standard error. A verdict of no difference means: no effect at least as large "
-        "as the MDE, not no effect."
+        "the bootstrap standard error (both optimistic on few pairs); a pool of five pairs or fewer has "
+        "none, as the sign-flip test cannot reach p < 0.05 there (its smallest p is 2 / 2^pairs). A verdict "
+        "of no difference means: no effect at least as large as the MDE, not no effect."
     )
 
 
@@ -162,11 +166,11 @@ def floor_note(found: list[dict]) -> str:
     """A sentence naming the pools too small to ever reach p < ALPHA: with k pairs the exact sign-flip
     test's smallest two-sided p is 2 / 2^k (both all-same-sign patterns). Empty when none is."""
     pools = [f[key] for f in found for key in ("pool", "with_rte") if f[key] is not None]
-    small = sorted({p["pairs"] for p in pools if 2 / 2 ** p["pairs"] >= repro_stats.ALPHA})
+    small = sorted({p["pairs"] for p in pools if repro_stats.smallest_p(p["pairs"]) >= repro_stats.ALPHA})
     if not small:
         return ""
-    floors = ", ".join(f"{2 / 2**k:.3g} with {_plural(k, 'pair')}" for k in small)
+    floors = ", ".join(f"{repro_stats.smallest_p(k):.3g} with {_plural(k, 'pair')}" for k in small)
     return (
         f" The exact sign-flip test cannot go below p = {floors}: such a pool cannot reach p < "
-        f"{repro_stats.ALPHA:.2g} whatever the effect, and says no difference detected by construction."
+        f"{repro_stats.ALPHA:.2g} whatever the effect, and is marked too few pairs to test."
     )

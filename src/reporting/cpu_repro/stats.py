@@ -117,9 +117,16 @@ def task_seed_bootstrap(by_task: Mapping[str, Sequence[float]], seed: int = SEED
     return task_means.mean(axis=1)
 
 
+def smallest_p(pairs: int) -> float:
+    """The smallest two-sided p the exact sign-flip test reaches on ``pairs`` pairs: 2 / 2^pairs (the
+    all-positive and all-negative patterns)."""
+    return 2.0 / 2.0**pairs
+
+
 def pooled(by_task: Mapping[str, Sequence[float]], seed: int = SEED) -> dict | None:
     """The pooled verdict's numbers for task -> paired differences (tasks without pairs left out):
-    mean, sign-flip p, bootstrap interval and standard error, MDE. None without any pair."""
+    mean, sign-flip p, bootstrap interval and standard error, MDE. None without any pair. The MDE is
+    infinite where the test cannot reach p < ``ALPHA`` on so few pairs, whatever the effect."""
     by_task = {t: list(d) for t, d in by_task.items() if len(d)}
     if not by_task:
         return None
@@ -127,14 +134,15 @@ def pooled(by_task: Mapping[str, Sequence[float]], seed: int = SEED) -> dict | N
     lo, hi = np.quantile(boot, [ALPHA / 2, 1 - ALPHA / 2])
     se = float(boot.std(ddof=1))
     p, exact = sign_flip_p(by_task, seed)
+    pairs = sum(len(d) for d in by_task.values())
     return {
         "tasks": len(by_task),
-        "pairs": sum(len(d) for d in by_task.values()),
+        "pairs": pairs,
         "mean": pooled_mean(by_task),
         "p": p,
         "exact": exact,
         "low": float(lo),
         "high": float(hi),
         "se": se,
-        "mde": normal_mde(se),
+        "mde": normal_mde(se) if smallest_p(pairs) < ALPHA else math.inf,
     }
