@@ -14,6 +14,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from src.train import train
@@ -98,3 +99,69 @@ def test_two_processes_match_one_process_with_the_same_global_batch(
         if tensor.numel():  # peft drops masked AdaLoRA ranks, leaving some tensors empty
             diff = (weights["ddp"][key] - tensor).abs().max().item()
             assert diff <= ATOL, f"{key}: max |ddp - single| = {diff:.2e}"
+
+
+STOCK_SCRIPT = """
+import json, os, sys
+import peft, torch
+from omegaconf import OmegaConf
+from safetensors.torch import save_file
+from transformers import Trainer, TrainingArguments, default_data_collator
+from src.methods import RankGrowthCallback
+from src.runtime.backbones import load_model
+from tests.test_peft_tuners import examples, tuner_config
+from tests.conftest import CONFIG_DIR
+from tests.test_distributed import DROPOUT_KEYS
+
+method, out, batch, checkpointing = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1"
+backbone = OmegaConf.load(CONFIG_DIR / "backbone" / "tiny-deberta.yaml")
+torch.manual_seed(0)
+base = load_model(backbone, "seq_cls", 2, 0, **{key: 0.0 for key in DROPOUT_KEYS})
+model = peft.get_peft_model(base, tuner_config(method))  # T = 24, events every 2 steps from 4
+args = TrainingArguments(
+    output_dir=out, per_device_train_batch_size=batch, max_steps=24, learning_rate=5e-3, warmup_steps=2,
+    report_to="none", save_strategy="no", logging_strategy="no", disable_tqdm=True, use_cpu=True,
+    remove_unused_columns=False, train_sampling_strategy="sequential", average_tokens_across_devices=False,
+    gradient_checkpointing=checkpointing, gradient_checkpointing_kwargs={"use_reentrant": False},
+    ddp_find_unused_parameters=False,
+)
+callback = RankGrowthCallback()
+Trainer(model=model, args=args, train_dataset=examples(128), data_collator=default_data_collator,
+        callbacks=[callback]).train()
+rank = int(os.environ.get("RANK", "0"))
+weights = {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+save_file(weights, os.path.join(out, f"rank{rank}.safetensors"))
+with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
+    json.dump({"events": [e["step"] for e in callback.events], "ranks": model.base_model.budget()["rank_pattern"]}, f)
+"""
+
+
+@pytest.mark.parametrize("method", ["triadapt", "increlora"])
+@pytest.mark.parametrize("checkpointing", [False, True], ids=["plain", "gradient_checkpointing"])
+def test_a_stock_trainer_with_rank_growth_callback_under_torchrun_matches_one_process(
+    tmp_path, method, checkpointing
+):
+    script = tmp_path / "stock.py"
+    script.write_text(STOCK_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    flag = "1" if checkpointing else "0"
+    runs = {
+        "ddp": [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                str(free_port()), str(script), method, str(tmp_path / "ddp"), str(BATCH), flag],
+        "single": [sys.executable, str(script), method, str(tmp_path / "single"), str(2 * BATCH), flag],
+    }  # fmt: skip
+    for name, command in runs.items():
+        (tmp_path / name).mkdir()
+        proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, f"{name}: {proc.stderr[-3000:]}"
+    read = lambda name, rank: (  # noqa: E731
+        json.loads((tmp_path / name / f"rank{rank}.json").read_text()),
+        load_file(tmp_path / name / f"rank{rank}.safetensors"),
+    )
+    (single_log, single), (log0, rank0), (log1, rank1) = read("single", 0), read("ddp", 0), read("ddp", 1)
+    assert single_log["events"] and log0 == log1 == single_log  # the same events and rank pattern
+    assert rank0.keys() == rank1.keys() == single.keys()
+    for key, tensor in single.items():
+        assert torch.equal(rank0[key], rank1[key]), f"{key}: the two processes differ"
+        diff = (rank0[key] - tensor).abs().max().item() if tensor.numel() else 0.0
+        assert diff <= ATOL, f"{key}: max |ddp - single| = {diff:.2e}"

@@ -21,7 +21,8 @@ gradients stay per-process and the processes drift apart. What keeps them identi
    ``on_optimizer_step`` before ``zero_grad``), and the averaged G above. An all-reduce leaves the same
    bits on every process, so decisions agree without further communication.
 
-``check_consistent`` proves it at the end: a digest of the trained tensors, of every parameter's
+Steps 1 and 2 live in src/methods/sync.py, so that ``RankGrowthCallback`` in a stock Trainer does the
+same. ``check_consistent`` proves it at the end: a digest of the trained tensors, of every parameter's
 name and shape, and of the rank pattern must be equal on all processes.
 
 Collectives are issued in the same order everywhere because every process runs the same graph and
@@ -43,8 +44,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-CAPTURED_GRAD_ATTR = "grad_sum"  # a module's per-process gradient sum outside autograd (IncreLoRA)
-_BOOK_ATTR = "_distributed_book"  # per-model bookkeeping, kept on the model like adapter_info
+from src.methods.sync import after_event, average_captured, world_size
+
+__all__ = ["after_event", "before_method_step", "check_consistent", "world_size"]
 
 
 def adopt_submitit_tasks() -> None:
@@ -78,10 +80,6 @@ def configure_launch(processes: int) -> None:
         os.environ.setdefault("ACCELERATE_USE_CPU", "true")
 
 
-def world_size() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
 def any_process(flag: bool) -> bool:
     """True on every process when ``flag`` is true on any (one collective; none on a single process)."""
     if world_size() == 1:
@@ -92,30 +90,6 @@ def any_process(flag: bool) -> bool:
     return bool(t.item())
 
 
-class _Book:
-    """Parameters already equal on every process, and those whose gradients are already averaged.
-
-    Created at the first optimizer step, before any growth: then every parameter was synchronised
-    when DDP wrapped the model, and exactly the trainable ones are in its reducer.
-    """
-
-    def __init__(self, model: nn.Module):
-        params = list(model.parameters())
-        self.synced = {id(p): p for p in params}  # strong references: ids cannot be reused
-        self.averaged = {id(p): p for p in params if p.requires_grad}
-
-
-def _book(model: nn.Module) -> _Book:
-    if _BOOK_ATTR not in model.__dict__:
-        model.__dict__[_BOOK_ATTR] = _Book(model)  # __dict__: no nn.Module or peft attribute magic
-    return model.__dict__[_BOOK_ATTR]
-
-
-def _average_grad(param: torch.Tensor) -> None:
-    dist.all_reduce(param.grad)  # SUM: gloo has no AVG
-    param.grad.div_(dist.get_world_size())
-
-
 def before_method_step(model: nn.Module, trainer_processes: int) -> None:
     """Average what the method's scores read and DDP does not; call before ``method.step``."""
     if trainer_processes != launched_processes():
@@ -123,40 +97,7 @@ def before_method_step(model: nn.Module, trainer_processes: int) -> None:
             f"{launched_processes()} processes were launched but the Trainer trains on {trainer_processes}: "
             "each would train alone on all the data (on CPU, set ACCELERATE_USE_CPU=true)"
         )
-    if world_size() == 1:
-        return
-    _book(model)
-    captured = [g for m in model.modules() if torch.is_tensor(g := getattr(m, CAPTURED_GRAD_ATTR, None))]
-    if captured:
-        flat = torch.cat([g.reshape(-1) for g in captured])  # one collective, not one per module
-        dist.all_reduce(flat)
-        flat.div_(dist.get_world_size())
-        for g, part in zip(captured, flat.split([g.numel() for g in captured]), strict=True):
-            g.copy_(part.view_as(g))
-
-
-def after_event(model: nn.Module, rank_pattern: dict) -> None:
-    """After an allocation event: agree, broadcast new tensors, average new gradients from now on."""
-    if world_size() == 1:
-        return
-    book = _book(model)
-    fresh = [(name, p) for name, p in model.named_parameters() if id(p) not in book.synced]
-    decision = {"ranks": rank_pattern, "new": [(name, list(p.shape)) for name, p in fresh]}
-    decisions = [None] * dist.get_world_size()
-    dist.all_gather_object(decisions, decision)
-    if any(d != decisions[0] for d in decisions):
-        raise RuntimeError(
-            "processes made different allocation decisions; their scores were not synchronised: "
-            + "; ".join(f"rank {r}: {d['ranks']}" for r, d in enumerate(decisions))
-        )
-    with torch.no_grad():
-        for _, p in fresh:
-            dist.broadcast(p.data, src=0)
-            book.synced[id(p)] = p
-    for p in model.parameters():
-        if p.requires_grad and id(p) not in book.averaged:
-            p.register_post_accumulate_grad_hook(_average_grad)
-            book.averaged[id(p)] = p
+    average_captured(model)
 
 
 def digest(model: nn.Module, rank_pattern: dict) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from transformers import TrainerCallback
 
+from src.methods import sync
 from src.methods.growing.tuner import growing_tuner
 
 
@@ -14,6 +15,10 @@ class RankGrowthCallback(TrainerCallback):
     ``optimizer.step()`` -> ``on_optimizer_step`` -> scheduler step -> ``zero_grad()``. The callback
     calls ``update_and_allocate`` in whichever of the two the config's ``allocator_timing`` names, on
     the Trainer's own optimizer and LR scheduler. Events are kept in ``self.events``.
+
+    Under torchrun (DDP) it also keeps the processes identical through growth (src/methods/sync.py):
+    captured gradients are averaged before the allocator, and after an event the new tensors are
+    broadcast from rank 0 and their gradients averaged from then on.
     """
 
     def __init__(self):
@@ -32,6 +37,8 @@ class RankGrowthCallback(TrainerCallback):
     def _maybe_allocate(self, timing: str, state, model, optimizer, lr_scheduler) -> None:
         tuner = growing_tuner(model)
         if tuner.allocator_timing == timing:
+            sync.average_captured(model)
             event = tuner.update_and_allocate(state.global_step + 1, optimizer, lr_scheduler)
             if event is not None:
+                sync.after_event(model, tuner.budget()["rank_pattern"])
                 self.events.append(event)

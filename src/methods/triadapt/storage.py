@@ -165,6 +165,7 @@ class TriAdaptBlocks(growing.SharedAdapterStorage):
         self._plan: _Plan | None = None
         self._plan_key = None
         self._active: Factors | None = None  # set for the duration of one model forward
+        self._recompute: Factors | None = None  # the last forward's, for checkpointed recomputation
         self._depth = 0  # nesting of hooked forwards (a model's forward calls its encoder's)
         self.penalised = False  # every gather also forms the regulariser (γ > 0)
 
@@ -225,6 +226,7 @@ class TriAdaptBlocks(growing.SharedAdapterStorage):
         for slot, block in placed:
             self.blocks[slot].append(block)
         self._plan = None
+        self._recompute = None
         return param
 
     def block_tensors(self, slot: int) -> list[tuple[torch.Tensor, ...]]:
@@ -367,8 +369,17 @@ class TriAdaptBlocks(growing.SharedAdapterStorage):
         return Factors(M, B, A, Bt, T_groups, penalty if self.penalised else None)
 
     def current(self) -> Factors:
-        """The factors of the forward (or ``session``) under way; outside one, a fresh gather."""
-        return self._active if self._active is not None else self.materialise()
+        """The factors of the forward (or ``session``) under way; outside one, a fresh gather.
+
+        Non-reentrant gradient checkpointing reruns a layer's forward inside backward, after the
+        model's forward has ended. It must read that forward's factors (its parameters have not
+        changed since, and checkpoint checks that the rerun saves the same tensors), not a new gather.
+        """
+        if self._active is not None:
+            return self._active
+        if self._recompute is not None and torch._C._current_graph_task_id() != -1:  # inside backward
+            return self._recompute
+        return self.materialise()
 
     # The values change in place (the optimizer), so a gather is valid for one forward only: it is
     # made when the outermost hooked module starts and dropped when it ends. Hooks sit on the model
@@ -376,13 +387,15 @@ class TriAdaptBlocks(growing.SharedAdapterStorage):
     def begin_forward(self, module: nn.Module | None = None, args=None, force: bool = False) -> None:
         self._depth += 1
         live = force or any(not (layer.merged or layer.disabled) for layer in self.layers)
+        if self._depth == 1:
+            self._recompute = None
         if self._depth == 1 and live:
             self._active = self.materialise()
 
     def end_forward(self, module: nn.Module | None = None, args=None, output=None) -> None:
         self._depth = max(0, self._depth - 1)
         if self._depth == 0:
-            self._active = None
+            self._recompute, self._active = self._active, None
 
     @contextlib.contextmanager
     def session(self):
