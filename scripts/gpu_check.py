@@ -6,6 +6,9 @@
    each writes ``overhead_gpu_r{8,2}_{fp32,bf16}.{md,json}`` into the output folder.
 2. ``python -m src.train`` for each of the four methods on MiniLM-L6 with local RTE, bf16, 64 steps, a
    growth schedule that completes (T_w = Δ = 4 at r̄ 2); every record must be ``ok``.
+3. A SIGTERM-and-resume round trip of TriAdaptLoRA in bf16: the signal once the checkpoint at T/4 is
+   complete, then the same command again; it must resume from the step it stopped at and end with the
+   uninterrupted run's rank history (the eval-loss difference is reported).
 
 Everything lands in one folder (``--out``), with ``gpu_check.md`` summarising it and the exit code
 saying whether every part passed. ``--device cpu --quick`` runs the same plumbing small on a CPU
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -81,28 +85,36 @@ def bench(args, out: Path) -> list[dict]:
     return results
 
 
-def train_runs(args, out: Path) -> list[dict]:
-    results = []
+def train_command(args, method: str, root: Path, *extra: str) -> list[str]:
     backbone = "tiny-deberta" if args.quick else "minilm-l6"
     steps = 8 if args.quick else args.train_steps
+    command = [
+        sys.executable, "-m", "src.train", f"backbone={backbone}", "task=rte",
+        f"task.data_dir={args.data_dir}", f"method={method}", "budget=r2",
+        f"trainer.max_steps={steps}", f"trainer.eval_steps={steps // 2}", "trainer.bf16=true",
+        "trainer.per_device_train_batch_size=32", "task.max_eval_samples=128", "logger=none",
+        f"paths.root_dir={root}", "save_adapter=false", *extra,
+    ]  # fmt: skip
+    if args.pretrained:
+        command.append(f"backbone.pretrained={Path(args.pretrained).resolve()}")
+    overrides = dict(METHOD_ARGS[method])
+    if args.quick and "method.init_warmup" in overrides:
+        overrides.update(QUICK_GROWTH)
+    return command + [f"{k}={v}" for k, v in overrides.items()]
+
+
+def latest_record(root: Path, method: str) -> dict:
+    records = sorted((root / "results" / "runs").glob(f"rte-{method}-*.json"))
+    return json.loads(records[-1].read_text()) if records else {}
+
+
+def train_runs(args, out: Path) -> list[dict]:
+    results = []
     for method in METHODS:
-        command = [
-            sys.executable, "-m", "src.train", f"backbone={backbone}", "task=rte",
-            f"task.data_dir={args.data_dir}", f"method={method}", "budget=r2",
-            f"trainer.max_steps={steps}", f"trainer.eval_steps={steps // 2}", "trainer.bf16=true",
-            "trainer.per_device_train_batch_size=32", "task.max_eval_samples=128", "logger=none",
-            f"paths.root_dir={out / 'train'}", "save_adapter=false", "trainer.checkpoint=false",
-        ]  # fmt: skip
-        if args.pretrained:
-            command.append(f"backbone.pretrained={Path(args.pretrained).resolve()}")
-        overrides = dict(METHOD_ARGS[method])
-        if args.quick and "method.init_warmup" in overrides:
-            overrides.update(QUICK_GROWTH)
-        command += [f"{k}={v}" for k, v in overrides.items()]
+        command = train_command(args, method, out / "train", "trainer.checkpoint=false")
         t0 = time.time()
         code = run(command, out / f"train_{method}.log", timeout=args.timeout)
-        records = sorted((out / "train" / "results" / "runs").glob(f"rte-{method}-*.json"))
-        record = json.loads(records[-1].read_text()) if records else {}
+        record = latest_record(out / "train", method)
         budget = (record.get("budget") or {}).get("final") or {}
         results.append(
             {
@@ -114,8 +126,69 @@ def train_runs(args, out: Path) -> list[dict]:
     return results
 
 
-def summary(device_name: str, benches: list[dict], trains: list[dict], seconds: float) -> tuple[str, bool]:
+def round_trip(args, out: Path) -> dict:
+    """TriAdaptLoRA in bf16 gets SIGTERM once a checkpoint past its first growth events is complete,
+    then the same command runs again; compared with the uninterrupted run of ``train_runs``."""
+    root = out / "round_trip"
+    steps = 8 if args.quick else args.train_steps
+    every = max(1, steps // 4)
+    command = train_command(args, "triadapt", root, "trainer.checkpoint=true", f"trainer.save_steps={every}")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    env.setdefault("WANDB_MODE", "disabled")
+    result = {"rc_stop": None, "rc_resume": None, "status": None}
+    with (out / "round_trip_stop.log").open("w") as log:
+        proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        marker = None
+        deadline = time.time() + args.timeout
+        while time.time() < deadline and proc.poll() is None:
+            marks = list((root / "checkpoints").glob(f"*/checkpoint-{every}/COMPLETE"))
+            if marks:
+                marker = marks[0]
+                break
+            time.sleep(0.05)
+        if marker is None or proc.poll() is not None:
+            proc.kill()
+            result["error"] = "the run ended or timed out before its first checkpoint"
+            return result
+        signalled = time.time()
+        proc.send_signal(signal.SIGTERM)
+        result["rc_stop"] = proc.wait(timeout=args.timeout)
+        result["stop_seconds"] = time.time() - signalled  # the step, the checkpoint, the exit
+    stopped = latest_record(root, "triadapt")
+    restarted = time.time()
+    result["rc_resume"] = run(command, out / "round_trip_resume.log", timeout=args.timeout)
+    result["rerun_seconds"] = time.time() - restarted
+    resumed = latest_record(root, "triadapt")
+    reference = latest_record(out / "train", "triadapt")
+    result.update(
+        status=resumed.get("status"),
+        stopped_status=stopped.get("status"),
+        stopped_at=stopped.get("stopped_at_step"),
+        resumed_from=[r["from_step"] for r in resumed.get("resumed") or []],
+    )
+    if resumed.get("status") == "ok" and reference.get("status") == "ok":
+        pairs = list(zip(reference["evals"], resumed["evals"], strict=True))
+        result["max_eval_loss_diff"] = max(abs(a["loss"] - b["loss"]) for a, b in pairs)
+        result["same_rank_history"] = (
+            reference["rank_patterns"]["history"] == resumed["rank_patterns"]["history"]
+        )
+    return result
+
+
+def round_trip_ok(trip: dict) -> bool:
+    return (
+        trip.get("stopped_status") == "preempted"
+        and trip.get("status") == "ok"
+        and trip.get("resumed_from") == [trip.get("stopped_at")]
+        and trip.get("same_rank_history") is True
+    )
+
+
+def summary(
+    device_name: str, benches: list[dict], trains: list[dict], trip: dict, seconds: float
+) -> tuple[str, bool]:
     ok = all(b["rc"] == 0 for b in benches) and all(t["rc"] == 0 and t["status"] == "ok" for t in trains)
+    ok = ok and round_trip_ok(trip)
     lines = [
         f"# GPU check on {device_name}: {'passed' if ok else 'FAILED'} in {seconds:.0f} s",
         "",
@@ -153,6 +226,20 @@ def summary(device_name: str, benches: list[dict], trains: list[dict], seconds: 
         )
         if t["error"]:
             lines.append(f"|  | {t['error']} | | | | |")
+    lost = (trip["stopped_at"] - trip["resumed_from"][0]) if trip.get("resumed_from") else "?"
+    diff = trip.get("max_eval_loss_diff")
+    lines += [
+        "",
+        "## SIGTERM and resume (TriAdaptLoRA, bf16)",
+        "",
+        f"{'passed' if round_trip_ok(trip) else 'FAILED'}: stopped ({trip.get('stopped_status')}, rc "
+        f"{trip.get('rc_stop')}) at step {trip.get('stopped_at')} in {trip.get('stop_seconds', float('nan')):.1f} s "
+        f"after the signal; the same command resumed from step(s) {trip.get('resumed_from')} ({lost} steps lost) "
+        f"and finished {trip.get('status')} in {trip.get('rerun_seconds', float('nan')):.1f} s; rank history "
+        f"{'equal to' if trip.get('same_rank_history') else 'NOT equal to'} the uninterrupted run's, max |eval "
+        f"loss difference| {diff if diff is None else f'{diff:.2e}'}."
+        + (f" Error: {trip['error']}" if trip.get("error") else ""),
+    ]
     return "\n".join(lines) + "\n", ok
 
 
@@ -189,10 +276,11 @@ def main() -> int:
     t0 = time.time()
     benches = bench(args, out)
     trains = train_runs(args, out)
-    text, ok = summary(device_name, benches, trains, time.time() - t0)
+    trip = round_trip(args, out)
+    text, ok = summary(device_name, benches, trains, trip, time.time() - t0)
     (out / "gpu_check.md").write_text(text)
     (out / "gpu_check.json").write_text(
-        json.dumps({"device": device_name, "bench": benches, "train": trains}, indent=1)
+        json.dumps({"device": device_name, "bench": benches, "train": trains, "round_trip": trip}, indent=1)
     )
     print(text)
     return 0 if ok else 1

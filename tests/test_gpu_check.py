@@ -32,6 +32,10 @@ def test_gpu_check_runs_bench_and_every_method_into_one_folder(shared_data, tmp_
         assert t["status"] == "ok" and t["steps"] == 8, t
         if t["method"] in ("increlora", "triadapt"):
             assert t["total_rank"] == t["target_total_rank"]
+    trip = result["round_trip"]  # SIGTERM after the checkpoint at T/4, then the same command again
+    assert trip["stopped_status"] == "preempted" and trip["rc_stop"] == 143 and trip["status"] == "ok"
+    assert trip["resumed_from"] == [trip["stopped_at"]] and trip["same_rank_history"] is True
+    assert "SIGTERM and resume" in (out / "gpu_check.md").read_text()
     assert "passed" in (out / "gpu_check.md").read_text().splitlines()[0]
 
 

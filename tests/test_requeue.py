@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import psutil
@@ -27,6 +28,7 @@ from tests.test_resume import CASES, env
 pytestmark = [pytest.mark.slow, pytest.mark.heavy]
 
 SIGNAL_AFTER_STEP = 20  # growth and masking events start at step 5-10; checkpoints every 10 steps
+SECOND_SIGNAL_AFTER_STEP = 60
 
 
 def command(data: Path, root: Path, case: str, *extra: str, multirun: bool = False) -> list[str]:
@@ -54,11 +56,10 @@ def record(root: Path) -> dict:
     return json.loads((root / "results" / "runs" / "victim.json").read_text())
 
 
-def wait_for_checkpoint(root: Path, proc: subprocess.Popen) -> None:
+def wait_for_checkpoint(root: Path, proc: subprocess.Popen, step: int = SIGNAL_AFTER_STEP) -> None:
     deadline = time.time() + 600
     while not any(
-        int(p.name.split("-")[1]) >= SIGNAL_AFTER_STEP
-        for p in complete_checkpoints(root / "checkpoints" / "victim")
+        int(p.name.split("-")[1]) >= step for p in complete_checkpoints(root / "checkpoints" / "victim")
     ):
         assert proc.poll() is None, "the run ended before it could be signalled"
         assert time.time() < deadline
@@ -104,14 +105,29 @@ def test_sigterm_checkpoints_and_the_same_command_continues(shared_data, tmp_pat
     assert "Traceback" not in stderr
     assert complete_checkpoints(root / "checkpoints" / "victim")[-1].name == f"checkpoint-{step}"
 
-    again = subprocess.run(
+    # the same command again, stopped a second time, then once more to the end
+    again = subprocess.Popen(
+        command(shared_data, root, "triadapt"), cwd=ROOT, env=env(), stderr=subprocess.PIPE
+    )
+    wait_for_checkpoint(root, again, step=SECOND_SIGNAL_AFTER_STEP)
+    again.send_signal(signal.SIGTERM)
+    again.communicate(timeout=300)
+    assert again.returncode == 143
+    second = record(root)["stopped_at_step"]
+    assert SECOND_SIGNAL_AFTER_STEP <= second < SECOND_SIGNAL_AFTER_STEP + 10
+    last = subprocess.run(
         command(shared_data, root, "triadapt"), cwd=ROOT, env=env(), capture_output=True, text=True
     )
-    assert again.returncode == 0, again.stderr[-2000:]
+    assert last.returncode == 0, last.stderr[-2000:]
     resumed = record(root)
-    assert [r["from_step"] for r in resumed["resumed"]] == [step]  # no step was lost
-    assert [s["step"] for s in resumed["stops"]] == [step]
+    assert [r["from_step"] for r in resumed["resumed"]] == [step, second]  # no step was lost, twice
+    assert [s["step"] for s in resumed["stops"]] == [step, second]
     assert_same_run(reference, resumed)
+
+
+def seconds_between(start: str, end: str) -> float:
+    fmt = "%Y-%m-%dT%H:%M:%S%z"
+    return (datetime.strptime(end, fmt) - datetime.strptime(start, fmt)).total_seconds()
 
 
 def job_processes(root: Path) -> list[psutil.Process]:
@@ -158,6 +174,7 @@ def test_a_preempted_submitit_job_is_requeued_and_finishes_as_if_uninterrupted(s
     )
     print(
         f"\n{case}: signal after checkpoint {SIGNAL_AFTER_STEP}, stopped at step {stop['step']} (0 steps lost), "
-        f"resumed at {resume['at']}, run finished {finished - signalled:.1f} s after the signal, "
+        f"requeued job resumed training {seconds_between(stop['at'], resume['at']):.0f} s after the stop, "
+        f"run finished {finished - signalled:.1f} s after the signal, "
         f"max |eval loss - uninterrupted| {eval_diff:.2e}"
     )
