@@ -10,7 +10,7 @@ What is derived, and where (one place per figure):
 - ``figures/<figure>_<study>_<backbone>[_<budget>].{png,pdf}``: every study without a write-up of
   its own (src/reporting/figures.py);
 - ``cpu-repro/README.md`` and ``cpu-repro/figures/*.{png,pdf}``: the CPU reproduction's write-up and
-  its figures (src/reporting/cpu_repro.py), which therefore are not in ``figures/``.
+  its figures (src/reporting/cpu_repro/), which therefore are not in ``figures/``.
 
 Writing removes derived files no record gives any more (a study renamed, a figure that has nothing
 left to show). Executed notebooks (``make notebooks``) render the same tables and figures and are

@@ -50,7 +50,7 @@ STYLE = {
 }
 PAGE_WIDTH = 7.0  # inches: a two-column paper's text width
 # A study with a write-up of its own keeps its figures beside it (results/<study>/figures/, written with
-# the write-up by src/reporting/cpu_repro.py); results/figures/ holds every other study's: one place
+# the write-up by src/reporting/cpu_repro/); results/figures/ holds every other study's: one place
 # per figure.
 STUDIES_WITH_WRITEUP = ("cpu-repro",)
 METHOD_COLOR = {"lora": "#4c72b0", "adalora": "#dd8452", "increlora": "#55a868", "triadapt": "#c44e52"}
