@@ -10,6 +10,7 @@ import dataclasses
 import logging
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import hydra
@@ -32,28 +33,65 @@ def user_errors() -> tuple[type[Exception], ...]:
     return ValueError, DataError, HubUnavailableError, FileNotFoundError, FloatingPointError
 
 
-def train(cfg: DictConfig) -> dict:
-    """Run one configuration end to end and return its run record (also written to disk)."""
-    # torch, transformers, peft and datasets load here rather than at import: Hydra rejects a wrong
-    # option (method=dora) before main() runs, and then answers in a second instead of ten.
-    import datasets
+def prepare(cfg: DictConfig, config: dict):
+    """Everything a run needs that can still show the config to be wrong: the method, the data, T, the
+    Trainer's arguments and the method's config. Nothing is written yet."""
+    from types import SimpleNamespace
+
     from transformers import set_seed
 
     from src.methods import get_method
     from src.runtime import distributed
-    from src.runtime.backbones import load_model, load_tokenizer
+    from src.runtime.backbones import load_tokenizer
+    from src.runtime.trainer import show_progress, training_arguments
+    from src.tasks import optimizer_steps, prepare_task
+
+    set_seed(cfg.seed)
+    method = get_method(cfg.method.name)
+    distributed.adopt_submitit_tasks()
+    processes = distributed.launched_processes()
+    if processes > 1 and not method.supports_distributed:
+        raise ValueError(f"method={method.name} does not support multi-process runs (WORLD_SIZE={processes})")
+    distributed.configure_launch(processes)
+    task = prepare_task(cfg.task, load_tokenizer(cfg.backbone), cfg.seed, cfg.backbone)
+    tr = cfg.trainer
+    batch = tr.per_device_train_batch_size * processes  # T counts steps of the global batch
+    per_epoch = optimizer_steps(len(task.train), batch, tr.gradient_accumulation_steps, 1, -1)
+    total = optimizer_steps(
+        len(task.train), batch, tr.gradient_accumulation_steps, tr.num_train_epochs, tr.max_steps
+    )
+    run_id = cfg.run_id or default_run_id(config)
+    checkpoint_dir = Path(cfg.paths.checkpoints_dir) / run_id
+    args = training_arguments(tr, str(checkpoint_dir), total, per_epoch, cfg.seed, show_progress())
+    method_cfg = method.make_config(
+        OmegaConf.to_container(cfg.method, resolve=True),
+        total_step=total,
+        warmup_steps=args.warmup_steps,
+        seed=cfg.seed,
+    )
+    return SimpleNamespace(
+        method=method, task=task, total=total, args=args, method_cfg=method_cfg, checkpoint_dir=checkpoint_dir
+    )
+
+
+def train(cfg: DictConfig) -> dict:
+    """Run one configuration end to end and return its run record (also written to disk).
+
+    A config that does not check (a bad value, missing data, a schedule that cannot run) is not a
+    run: it fails in ``check_config`` or ``prepare`` with one line, before the record, the W&B run
+    or the checkpoint folder exists.
+    """
+    # torch, transformers, peft and datasets load here rather than at import: Hydra rejects a wrong
+    # option (method=dora) before main() runs, and then answers in a second instead of ten.
+    import datasets
+
+    from src.runtime import distributed
+    from src.runtime.backbones import load_model
     from src.runtime.checkpoints import checkpoint_step, prepare_run_dir
     from src.runtime.config_schema import check_config
     from src.runtime.quiet import silence_known_noise
     from src.runtime.tracking import RunTracker
-    from src.runtime.trainer import (
-        AdapterTrainer,
-        MethodCallback,
-        StopCallback,
-        show_progress,
-        training_arguments,
-    )
-    from src.tasks import optimizer_steps, prepare_task
+    from src.runtime.trainer import AdapterTrainer, MethodCallback, StopCallback
 
     config = check_config(cfg)  # a bad value is one line here, before anything is loaded or written
     silence_known_noise()
@@ -67,42 +105,29 @@ def train(cfg: DictConfig) -> dict:
             "run %s already has an ok record (%s); skipping (skip_existing=false reruns it)", run_id, done
         )
         return load_record(done)
-    output_dir = str(Path(cfg.paths.output_dir))
-    checkpoint_dir = Path(cfg.paths.checkpoints_dir) / run_id
-    resume_from = prepare_run_dir(checkpoint_dir, config, cfg.trainer.resume, distributed.is_main_process())
-    resume_step = checkpoint_step(resume_from) if resume_from else None
+    started = (time.time(), time.process_time())  # the run's clocks include the data preparation
     stop = StopRequest().install()
-    tracker = RunTracker(run_id, config, record_path, cfg.logger, output_dir, resume_from)
+    tracker = None
     try:
-        set_seed(cfg.seed)
-        method = get_method(cfg.method.name)
-        distributed.adopt_submitit_tasks()
-        processes = distributed.launched_processes()
-        if processes > 1 and not method.supports_distributed:
-            raise ValueError(
-                f"method={method.name} does not support multi-process runs (WORLD_SIZE={processes})"
-            )
-        distributed.configure_launch(processes)
-        tokenizer = load_tokenizer(cfg.backbone)
-        task = prepare_task(cfg.task, tokenizer, cfg.seed, cfg.backbone)
+        run = prepare(cfg, config)
+        method, task, total, args, checkpoint_dir = (
+            run.method,
+            run.task,
+            run.total,
+            run.args,
+            run.checkpoint_dir,
+        )
+        output_dir = str(Path(cfg.paths.output_dir))
+        resume_from = prepare_run_dir(
+            checkpoint_dir, config, cfg.trainer.resume, distributed.is_main_process()
+        )
+        resume_step = checkpoint_step(resume_from) if resume_from else None
+        tracker = RunTracker(run_id, config, record_path, cfg.logger, output_dir, resume_from, started)
         tracker.set_primary_metric(task.primary_metric)
-        tr = cfg.trainer
-        batch = tr.per_device_train_batch_size * processes  # T counts steps of the global batch
-        per_epoch = optimizer_steps(len(task.train), batch, tr.gradient_accumulation_steps, 1, -1)
-        total = optimizer_steps(
-            len(task.train), batch, tr.gradient_accumulation_steps, tr.num_train_epochs, tr.max_steps
-        )
-        args = training_arguments(tr, str(checkpoint_dir), total, per_epoch, cfg.seed, show_progress())
-        method_cfg = method.make_config(
-            OmegaConf.to_container(cfg.method, resolve=True),
-            total_step=total,
-            warmup_steps=args.warmup_steps,
-            seed=cfg.seed,
-        )
-        tracker.record["method_config"] = dataclasses.asdict(method_cfg)  # with T and warmup filled in
+        tracker.record["method_config"] = dataclasses.asdict(run.method_cfg)  # with T and warmup filled in
         overrides = config["backbone"].get("config_overrides") or {}
         model = method.apply(
-            load_model(cfg.backbone, task.head, task.num_labels, cfg.seed, **overrides), method_cfg
+            load_model(cfg.backbone, task.head, task.num_labels, cfg.seed, **overrides), run.method_cfg
         )
         trainer = AdapterTrainer(
             model=model,
@@ -132,7 +157,7 @@ def train(cfg: DictConfig) -> dict:
             tracker.record["distributed"] = consistency
         if cfg.save_adapter and distributed.is_main_process():
             method.save(model, str(Path(output_dir) / "adapter"))
-        if not tr.keep_checkpoints and distributed.is_main_process():
+        if not cfg.trainer.keep_checkpoints and distributed.is_main_process():
             shutil.rmtree(checkpoint_dir, ignore_errors=True)
         record = tracker.finish(
             "ok",
@@ -143,16 +168,19 @@ def train(cfg: DictConfig) -> dict:
         log.info(tracker.summary())
         return record
     except Stopped as stopped:
-        tracker.finish(stopped.status, stopped_at_step=stopped.step)
-        log.info(tracker.summary())
+        if tracker is not None:
+            tracker.finish(stopped.status, stopped_at_step=stopped.step)
+            log.info(tracker.summary())
         stop.requeue()  # in a submitit job: requeue it (the next attempt resumes) and exit
         raise
     except KeyboardInterrupt:  # a second Ctrl-C, before the checkpoint was written
-        tracker.finish("interrupted", error="KeyboardInterrupt: stopped before a checkpoint was written")
+        if tracker is not None:
+            tracker.finish("interrupted", error="KeyboardInterrupt: stopped before a checkpoint was written")
         raise
     except Exception as err:
-        tracker.finish("failed", error=f"{type(err).__name__}: {err}")
-        log.info(tracker.summary())
+        if tracker is not None:  # a failure before the record exists is a config that did not check
+            tracker.finish("failed", error=f"{type(err).__name__}: {err}")
+            log.info(tracker.summary())
         raise
     finally:
         stop.restore()

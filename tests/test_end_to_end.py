@@ -79,7 +79,7 @@ def test_tiny_deberta_on_real_rte_writes_a_complete_record(cfg_factory, shared_d
     assert (tmp_path / "out" / "adapter" / "adapter_config.json").is_file()
 
 
-def test_multirun_records_a_failed_job_and_goes_on(shared_data, tmp_path):
+def test_multirun_summarises_a_failed_job_and_goes_on(shared_data, tmp_path):
     good, bad = f"{shared_data}/glue/rte", str(tmp_path / "no-such-dir")
     proc = cli(
         "-m",
@@ -95,12 +95,14 @@ def test_multirun_records_a_failed_job_and_goes_on(shared_data, tmp_path):
         f"paths.root_dir={tmp_path}",
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    by_status = {r["status"]: r for r in records(tmp_path)}
-    assert set(by_status) == {"failed", "ok"}
-    assert "no-such-dir" in by_status["failed"]["error"] and "not a directory" in by_status["failed"]["error"]
+    assert [r["status"] for r in records(tmp_path)] == ["ok"]  # the bad config wrote no record ...
+    summary = json.loads(next(tmp_path.rglob("summary.json")).read_text())
+    assert (summary["ok"], summary["failed"]) == (1, 1)  # ... and the sweep's summary names it
+    (failure,) = summary["failures"]
+    assert "no-such-dir" in failure["error"] and "not a directory" in failure["error"]
 
 
-def test_bad_input_in_a_single_run_is_one_line_and_recorded(tmp_path):
+def test_bad_input_in_a_single_run_is_one_line_and_writes_nothing(tmp_path):
     proc = cli(
         "backbone=tiny-deberta",
         "task=rte",
@@ -115,7 +117,8 @@ def test_bad_input_in_a_single_run_is_one_line_and_recorded(tmp_path):
         .startswith("error: task.data_dir='/nonexistent/rte' is not a directory")
     )
     assert "Traceback" not in proc.stderr
-    assert [r["status"] for r in records(tmp_path)] == ["failed"]
+    assert records(tmp_path) == []  # a config that does not check is not a run: no record
+    assert not (tmp_path / "checkpoints").exists() and not list(tmp_path.rglob("wandb"))
 
 
 def test_unknown_method_lists_the_choices_before_torch_loads(tmp_path):

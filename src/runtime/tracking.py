@@ -90,6 +90,7 @@ class RunTracker:
         logger_cfg: DictConfig,
         output_dir: str,
         resume_from: Path | None = None,
+        started: tuple[float, float] | None = None,
     ):
         self.path = self._final = Path(record_path)
         self.record = new_record(run_id, config)
@@ -110,8 +111,8 @@ class RunTracker:
         self._before = {"wall_time_s": 0.0, "cpu_time_s": 0.0}
         if resume_from is not None:  # a checkpoint folder holding the record as of its step
             self._continue(load_record(Path(resume_from) / RECORD_FILE))
-        self._t0 = time.time()
-        self._cpu0 = time.process_time()
+        # wall and CPU clocks of this attempt: from ``started`` when the caller began before the record
+        self._t0, self._cpu0 = started or (time.time(), time.process_time())
         if logger_cfg.get("backend") == "wandb" and self.main:
             self.wandb = self._init_wandb(run_id, config, logger_cfg, output_dir)
         self.flush()
