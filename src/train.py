@@ -16,7 +16,7 @@ from pathlib import Path
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from src.hub import HubUnavailableError, ensure_offline_mode_if_unreachable
 from src.records import default_run_id, find_ok_record, load_record
@@ -31,47 +31,6 @@ def user_errors() -> tuple[type[Exception], ...]:
     from src.tasks.sources import DataError
 
     return ValueError, DataError, HubUnavailableError, FileNotFoundError, FloatingPointError
-
-
-def prepare(cfg: DictConfig, config: dict):
-    """Everything a run needs that can still show the config to be wrong: the method, the data, T, the
-    Trainer's arguments and the method's config. Nothing is written yet."""
-    from types import SimpleNamespace
-
-    from transformers import set_seed
-
-    from src.methods import get_method
-    from src.runtime import distributed
-    from src.runtime.backbones import load_tokenizer
-    from src.runtime.trainer import show_progress, training_arguments
-    from src.tasks import optimizer_steps, prepare_task
-
-    set_seed(cfg.seed)
-    method = get_method(cfg.method.name)
-    distributed.adopt_submitit_tasks()
-    processes = distributed.launched_processes()
-    if processes > 1 and not method.supports_distributed:
-        raise ValueError(f"method={method.name} does not support multi-process runs (WORLD_SIZE={processes})")
-    distributed.configure_launch(processes)
-    task = prepare_task(cfg.task, load_tokenizer(cfg.backbone), cfg.seed, cfg.backbone)
-    tr = cfg.trainer
-    batch = tr.per_device_train_batch_size * processes  # T counts steps of the global batch
-    per_epoch = optimizer_steps(len(task.train), batch, tr.gradient_accumulation_steps, 1, -1)
-    total = optimizer_steps(
-        len(task.train), batch, tr.gradient_accumulation_steps, tr.num_train_epochs, tr.max_steps
-    )
-    run_id = cfg.run_id or default_run_id(config)
-    checkpoint_dir = Path(cfg.paths.checkpoints_dir) / run_id
-    args = training_arguments(tr, str(checkpoint_dir), total, per_epoch, cfg.seed, show_progress())
-    method_cfg = method.make_config(
-        OmegaConf.to_container(cfg.method, resolve=True),
-        total_step=total,
-        warmup_steps=args.warmup_steps,
-        seed=cfg.seed,
-    )
-    return SimpleNamespace(
-        method=method, task=task, total=total, args=args, method_cfg=method_cfg, checkpoint_dir=checkpoint_dir
-    )
 
 
 def train(cfg: DictConfig) -> dict:
@@ -89,6 +48,7 @@ def train(cfg: DictConfig) -> dict:
     from src.runtime.backbones import load_model
     from src.runtime.checkpoints import checkpoint_step, prepare_run_dir
     from src.runtime.config_schema import check_config
+    from src.runtime.prepare import prepare
     from src.runtime.quiet import silence_known_noise
     from src.runtime.tracking import RunTracker
     from src.runtime.trainer import AdapterTrainer, MethodCallback, StopCallback
@@ -109,7 +69,7 @@ def train(cfg: DictConfig) -> dict:
     stop = StopRequest().install()
     tracker = None
     try:
-        run = prepare(cfg, config)
+        run = prepare(cfg, config)  # every check that needs the data; raises before anything is written
         method, task, total, args, checkpoint_dir = (
             run.method,
             run.task,
