@@ -41,10 +41,15 @@ METHOD_ARGS = {
 }
 
 
-def run(command: list[str], log: Path, timeout: int) -> int:
-    print("$", " ".join(command), flush=True)
+def child_env() -> dict:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     env.setdefault("WANDB_MODE", "disabled")
+    return env
+
+
+def run(command: list[str], log: Path, timeout: int) -> int:
+    print("$", " ".join(command), flush=True)
+    env = child_env()
     with log.open("w") as f:
         try:
             return subprocess.run(
@@ -133,8 +138,7 @@ def round_trip(args, out: Path) -> dict:
     steps = 8 if args.quick else args.train_steps
     every = max(1, steps // 4)
     command = train_command(args, "triadapt", root, "trainer.checkpoint=true", f"trainer.save_steps={every}")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    env.setdefault("WANDB_MODE", "disabled")
+    env = child_env()
     result = {"rc_stop": None, "rc_resume": None, "status": None}
     with (out / "round_trip_stop.log").open("w") as log:
         proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)

@@ -68,20 +68,17 @@ def train(cfg: DictConfig) -> dict:
     started = (time.time(), time.process_time())  # the run's clocks include the data preparation
     stop = StopRequest().install()
     tracker = None
+    checkpoint_dir = Path(cfg.paths.checkpoints_dir) / run_id
+    output_dir = str(Path(cfg.paths.output_dir))
     try:
-        run = prepare(cfg, config)  # every check that needs the data; raises before anything is written
-        method, task, total, args, checkpoint_dir = (
-            run.method,
-            run.task,
-            run.total,
-            run.args,
-            run.checkpoint_dir,
-        )
-        output_dir = str(Path(cfg.paths.output_dir))
+        run = prepare(
+            cfg, checkpoint_dir
+        )  # every check that needs the data; raises before anything is written
+        task, method, total = run.task, run.method, run.total
         resume_from = prepare_run_dir(
             checkpoint_dir, config, cfg.trainer.resume, distributed.is_main_process()
         )
-        resume_step = checkpoint_step(resume_from) if resume_from else None
+        resume_step = checkpoint_step(resume_from) if resume_from else 0
         tracker = RunTracker(run_id, config, record_path, cfg.logger, output_dir, resume_from, started)
         tracker.set_primary_metric(task.primary_metric)
         tracker.record["method_config"] = dataclasses.asdict(run.method_cfg)  # with T and warmup filled in
@@ -91,25 +88,25 @@ def train(cfg: DictConfig) -> dict:
         )
         trainer = AdapterTrainer(
             model=model,
-            args=args,
+            args=run.args,
             train_dataset=task.train,
             eval_dataset=task.evals if len(task.evals) > 1 else next(iter(task.evals.values())),
             data_collator=task.collator,
             compute_metrics=task.compute_metrics,
-            callbacks=[MethodCallback(method, tracker), stopper := StopCallback(stop, tracker)],
+            callbacks=[MethodCallback(method, tracker), StopCallback(stop, tracker)],
             method=method,
             generation=task.generation,
         )
         if resume_from:
             log.info("run %s resumes from %s (step %d)", run_id, resume_from, resume_step)
-        if stop.signum is not None:  # told to stop while loading: the newest checkpoint stands
-            raise Stopped(stop.signum, resume_step or 0, total, str(resume_from) if resume_from else None)
+        stop.check(
+            resume_step, total, resume_from
+        )  # told to stop while loading: the newest checkpoint stands
         result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-        if stopper.stopped_at is not None and trainer.state.global_step != total:
-            saved = checkpoint_dir / f"checkpoint-{stopper.stopped_at}"
-            raise Stopped(stop.signum, stopper.stopped_at, total, str(saved) if saved.is_dir() else None)
-        if trainer.state.global_step != total:
-            raise RuntimeError(f"ran {trainer.state.global_step} optimizer steps, expected T={total}")
+        step = trainer.state.global_step
+        if step != total:  # a stop request saved the checkpoint of this step; anything else is a bug
+            stop.check(step, total, checkpoint_dir / f"checkpoint-{step}")
+            raise RuntimeError(f"ran {step} optimizer steps, expected T={total}")
         if not tracker.record["evals"] or tracker.record["evals"][-1]["step"] != total:
             trainer.evaluate()  # the final model is always evaluated
         consistency = distributed.check_consistent(model, method.budget(model)["rank_pattern"])
@@ -127,20 +124,11 @@ def train(cfg: DictConfig) -> dict:
         )
         log.info(tracker.summary())
         return record
-    except Stopped as stopped:
-        if tracker is not None:
-            tracker.finish(stopped.status, stopped_at_step=stopped.step)
-            log.info(tracker.summary())
-        stop.requeue()  # in a submitit job: requeue it (the next attempt resumes) and exit
-        raise
-    except KeyboardInterrupt:  # a second Ctrl-C, before the checkpoint was written
-        if tracker is not None:
-            tracker.finish("interrupted", error="KeyboardInterrupt: stopped before a checkpoint was written")
-        raise
-    except Exception as err:
-        if tracker is not None:  # a failure before the record exists is a config that did not check
-            tracker.finish("failed", error=f"{type(err).__name__}: {err}")
-            log.info(tracker.summary())
+    except (Exception, KeyboardInterrupt) as err:
+        if tracker is not None:  # none yet: a config that did not check is not a run
+            tracker.finish_after(err)
+        if isinstance(err, Stopped):
+            stop.requeue()  # in a submitit job: requeue it (the next attempt resumes) and exit
         raise
     finally:
         stop.restore()

@@ -10,10 +10,8 @@
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
-import sys
 import time
 from datetime import datetime
 from pathlib import Path
@@ -23,7 +21,8 @@ import pytest
 
 from src.runtime.checkpoints import complete_checkpoints
 from tests.conftest import ROOT
-from tests.test_resume import CASES, env
+from tests.test_resume import command as resume_command
+from tests.test_resume import env, record
 
 pytestmark = [pytest.mark.slow, pytest.mark.heavy]
 
@@ -32,28 +31,16 @@ SECOND_SIGNAL_AFTER_STEP = 60
 
 
 def command(data: Path, root: Path, case: str, *extra: str, multirun: bool = False) -> list[str]:
-    method, overrides = CASES[case]
-    where = (
-        [
-            "-m",
-            "hydra/launcher=submitit_local",
-            "hydra.launcher.timeout_min=20",
-            f"hydra.sweep.dir={root}/sweep",
-        ]
-        if multirun
-        else [f"hydra.run.dir={root}/out"]
-    )
-    return [
-        sys.executable, "-m", "src.train", *where, "backbone=tiny-deberta", "task=rte",
-        f"task.data_dir={data}/glue/rte", "task.max_train_samples=256", "task.max_eval_samples=32",
-        f"method={method}", *overrides, "trainer.max_steps=120", "trainer.eval_steps=40",
-        "trainer.save_steps=10", "trainer.per_device_train_batch_size=8", "logger=none", "save_adapter=false",
-        "run_id=victim", f"paths.root_dir={root}", *extra,
-    ]  # fmt: skip
-
-
-def record(root: Path) -> dict:
-    return json.loads((root / "results" / "runs" / "victim.json").read_text())
+    """tests/test_resume.py's run; ``multirun``: as one job of submitit's local executor."""
+    if not multirun:
+        return resume_command(data, root, case, *extra)
+    launcher = [
+        "hydra/launcher=submitit_local",
+        "hydra.launcher.timeout_min=20",
+        f"hydra.sweep.dir={root}/sweep",
+    ]
+    python, module, train, *overrides = resume_command(data, root, case, *launcher, *extra)
+    return [python, module, train, "-m", *overrides]  # Hydra reads -m before the overrides
 
 
 def wait_for_checkpoint(root: Path, proc: subprocess.Popen, step: int = SIGNAL_AFTER_STEP) -> None:

@@ -57,6 +57,7 @@ CONTROL, CONTROL_TASKS, CONTROLLED = (
 # events as the linear one. Where the selected LR is the fixed-lr study's 1e-3 and that study ran the
 # ablation on the task, its records are reused.
 SCHEDULE_TASKS = ("mrpc", "stsb", "cola", "sst2")
+SCHEDULED = "triadapt"  # the method whose schedule claim 4 is about
 SCHEDULE_VARIANTS = ("method.schedule=exponential", "method.schedule=fixed method.top_h=15")
 # The fixed-lr study's TriAdaptLoRA options, compared one at a time against its defaults (linear /
 # identity / increment) on these tasks at their fixed-lr seeds.
@@ -214,7 +215,7 @@ def tuned_sweeps(records: list[dict]) -> dict[str, list[str]]:
         if task in CONTROL_TASKS and method in CONTROLLED:
             sweeps.setdefault(task, []).append(f"method={method} budget={BUDGET} method.score={CONTROL} {at}")
         reused = reuses_fixed_lr(method, lr) and task in FIXED_ABLATION_TASKS
-        if method == "triadapt" and task in SCHEDULE_TASKS and not reused:
+        if method == SCHEDULED and task in SCHEDULE_TASKS and not reused:
             schedules[task] = [f"method={method} budget={BUDGET} {v} {at}" for v in SCHEDULE_VARIANTS]
     for task, extra in schedules.items():  # after the main grid and the controls
         sweeps.setdefault(task, []).extend(extra)
@@ -243,7 +244,7 @@ def is_schedule_run(record: dict, selected: dict[tuple[str, str], float]) -> boo
     ablation counts where that LR is 1e-3 and that study ran the task's ablation."""
     config = record.get("config") or {}
     method, task = record.get("method"), record.get("task")
-    if method != "triadapt" or task not in SCHEDULE_TASKS or record.get("seed") == SEED:
+    if method != SCHEDULED or task not in SCHEDULE_TASKS or record.get("seed") == SEED:
         return False
     method_cfg = config.get("method") or {}
     axes = DEFAULT_AXES[method]

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+from pathlib import Path
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,13 @@ class StopRequest:
             "%s received: checkpointing at the end of this optimizer step, then stopping",
             signal.Signals(signum).name,
         )
+
+    def check(self, step: int, total: int, checkpoint: str | Path | None) -> None:
+        """Raise ``Stopped`` when a stop was requested; ``checkpoint`` is where the run stands, if it
+        was written."""
+        if self.signum is not None:
+            written = checkpoint is not None and Path(checkpoint).is_dir()
+            raise Stopped(self.signum, step, total, str(checkpoint) if written else None)
 
     def requeue(self) -> None:
         """After the preemption signal, hand over to submitit's handler of it, which requeues the job

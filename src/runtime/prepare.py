@@ -6,19 +6,20 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from omegaconf import DictConfig, OmegaConf
-from transformers import set_seed
-
-from src.methods import get_method
-from src.records import default_run_id
-from src.runtime import distributed
-from src.runtime.backbones import load_tokenizer
-from src.runtime.trainer import show_progress, training_arguments
-from src.tasks import optimizer_steps, prepare_task
 
 
-def prepare(cfg: DictConfig, config: dict):
+def prepare(cfg: DictConfig, checkpoint_dir: Path):
     """Everything a run needs that can still show the config to be wrong: the method, the data, T, the
     Trainer's arguments and the method's config. Nothing is written yet."""
+    # looked up when a run starts, like src/train.py's imports (tests replace the loaders)
+    from transformers import set_seed
+
+    from src.methods import get_method
+    from src.runtime import distributed
+    from src.runtime.backbones import load_tokenizer
+    from src.runtime.trainer import show_progress, training_arguments
+    from src.tasks import optimizer_steps, prepare_task
+
     set_seed(cfg.seed)
     method = get_method(cfg.method.name)
     distributed.adopt_submitit_tasks()
@@ -33,8 +34,6 @@ def prepare(cfg: DictConfig, config: dict):
     total = optimizer_steps(
         len(task.train), batch, tr.gradient_accumulation_steps, tr.num_train_epochs, tr.max_steps
     )
-    run_id = cfg.run_id or default_run_id(config)
-    checkpoint_dir = Path(cfg.paths.checkpoints_dir) / run_id
     args = training_arguments(tr, str(checkpoint_dir), total, per_epoch, cfg.seed, show_progress())
     method_cfg = method.make_config(
         OmegaConf.to_container(cfg.method, resolve=True),
@@ -42,6 +41,4 @@ def prepare(cfg: DictConfig, config: dict):
         warmup_steps=args.warmup_steps,
         seed=cfg.seed,
     )
-    return SimpleNamespace(
-        method=method, task=task, total=total, args=args, method_cfg=method_cfg, checkpoint_dir=checkpoint_dir
-    )
+    return SimpleNamespace(method=method, task=task, total=total, args=args, method_cfg=method_cfg)

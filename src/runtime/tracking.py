@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 from src.records import BUDGET_SCALARS, WANDB_RECORD_FILE, atomic_write_json, load_record, new_record
 from src.runtime.checkpoints import RECORD_FILE
 from src.runtime.distributed import is_main_process
+from src.runtime.preemption import Stopped
 
 log = logging.getLogger(__name__)
 
@@ -262,6 +263,16 @@ class RunTracker:
                 self.wandb.mark_preempting()  # the same run id continues when the run resumes
             self.wandb.finish(exit_code=0 if status == "ok" else 1)
         return self.record
+
+    def finish_after(self, err: BaseException) -> None:
+        """The record of a run that ended on ``err``: stopped by a signal, interrupted, or failed."""
+        if isinstance(err, Stopped):
+            self.finish(err.status, stopped_at_step=err.step)
+        elif isinstance(err, KeyboardInterrupt):  # a second Ctrl-C, before the checkpoint was written
+            self.finish("interrupted", error="KeyboardInterrupt: stopped before a checkpoint was written")
+        else:
+            self.finish("failed", error=f"{type(err).__name__}: {err}")
+        log.info(self.summary())
 
     def summary(self) -> str:
         return summary(self.record, self.path)

@@ -212,14 +212,15 @@ class StopCallback(TrainerCallback):
     def __init__(self, request: preemption.StopRequest, tracker: RunTracker):
         self.request = request
         self.tracker = tracker
-        self.stopped_at: int | None = None
 
     def on_step_end(self, args, state, control, **kwargs):
-        # every process must stop at the same step, or the others wait forever in a collective
+        # Every process must stop at the same step, or the others wait forever in a collective; with
+        # several, agreeing costs a collective (and a device sync), so they agree at logging steps only.
+        if distributed.world_size() > 1 and state.global_step % args.logging_steps:
+            return
         if distributed.any_process(self.request.signum is not None):
             if self.request.signum is None:  # another process got the signal
                 self.request.signum = signal.SIGTERM
-            self.stopped_at = state.global_step
             name = signal.Signals(self.request.signum).name
             stop = {"step": state.global_step, "signal": name, "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
             self.tracker.record.setdefault("stops", []).append(stop)  # in the checkpoint's record too
