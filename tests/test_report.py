@@ -115,7 +115,7 @@ def test_published_rows_reproduce_the_papers_averages():
         ("LoRA", 2): (88.15, 88.32),
         ("AdaLoRA", 2): (88.86, 89.03),
     }
-    rows = report._anchor_rows(report.ANCHOR_GLUE, report.GLUE_COLUMNS, report.GLUE_TASKS)
+    rows = report.anchor_rows(report.ANCHOR_GLUE, report.GLUE_COLUMNS, report.GLUE_TASKS)
     for row in rows:
         key = (row[0].removesuffix(" (published)"), None if row[1] == report.DASH else int(row[1]))
         all_ave, eight = printed[key]

@@ -6,7 +6,7 @@ ones are what the committed records give.
 
 What is derived, and where (one place per figure):
 
-- ``tables/<table>_<study>_<backbone>.{md,tex}``: every study (src/reporting/tables.py);
+- ``tables/<table>_<study>_<backbone>.{md,tex}``: every study (src/reporting/tables/);
 - ``figures/<figure>_<study>_<backbone>[_<budget>].{png,pdf}``: every study without a write-up of
   its own (src/reporting/figures.py);
 - ``cpu-repro/README.md`` and ``cpu-repro/figures/*.{png,pdf}``: the CPU reproduction's write-up and

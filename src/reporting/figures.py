@@ -1,6 +1,6 @@
 """Figures from run records alone: ``python -m src.reporting.figures [--runs results/runs] [--out results/figures]``.
 
-Per (study, backbone) group of runs, the same selection as the tables (src/reporting/tables.py: ok runs at the
+Per (study, backbone) group of runs, the same selection as the tables (src/reporting/tables/: ok runs at the
 methods' default options, the latest per seed; cells run at several learning rates left out), written as
 PNG and PDF; studies with a write-up of their own (``STUDIES_WITH_WRITEUP``: cpu-repro) get theirs beside
 the write-up instead:

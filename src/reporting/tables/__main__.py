@@ -1,0 +1,3 @@
+from src.reporting.tables.cli import main
+
+main()

@@ -1,0 +1,81 @@
+"""What the tables show: method and task labels, the paper's column sets and the GLUE averages."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DASH = "—"  # a missing cell: no run, or no value for that metric; never 0
+METHOD_ORDER = ["lora", "adalora", "increlora", "triadapt"]
+METHOD_LABEL = {"lora": "LoRA", "adalora": "AdaLoRA", "increlora": "IncreLoRA", "triadapt": "TriAdaptLoRA"}
+ADHOC = "adhoc"  # the study of records that no sweep config tagged
+SCHEDULE_ABLATION_METHOD = "triadapt"  # the paper's ablation: TriAdaptLoRA's threshold schedule (spec §6)
+
+# The main tables compare each method at its defaults; records that change one of these axes are
+# ablations (spec §6) and only appear in the ablation tables. A key missing from a record's config
+# counts as the default (records written before the option existed).
+DEFAULT_AXES = {
+    "triadapt": {
+        "schedule": "linear",
+        "score": "increment",
+        "init": "identity",
+        "scaling": "rank",
+        "new_params_lr": "follow",
+    },
+    "increlora": {"score": "sensitivity"},  # score=random is the allocation control (spec §5.5)
+}
+SCHEDULES = ["linear", "exponential", "fixed"]
+
+
+@dataclass(frozen=True)
+class Column:
+    header: str
+    task: str
+    metric: str  # key in the record's `best` evaluation (no "eval_" prefix)
+
+
+# GLUE in the AdaLoRA Table 1 order. STS-B is shown as Pearson, the selection metric (spec §6).
+GLUE_COLUMNS = [
+    Column("MNLI-m", "mnli", "matched_accuracy"),
+    Column("MNLI-mm", "mnli", "mismatched_accuracy"),
+    Column("SST-2", "sst2", "accuracy"),
+    Column("CoLA", "cola", "matthews"),
+    Column("QQP acc", "qqp", "accuracy"),
+    Column("QQP F1", "qqp", "f1"),
+    Column("QNLI", "qnli", "accuracy"),
+    Column("RTE", "rte", "accuracy"),
+    Column("MRPC", "mrpc", "accuracy"),
+    Column("STS-B", "stsb", "pearson"),
+]
+GLUE_TASKS = ["mnli", "sst2", "cola", "qqp", "qnli", "rte", "mrpc", "stsb"]
+TASK_LABEL = {
+    "mnli": "MNLI", "sst2": "SST-2", "cola": "CoLA", "qqp": "QQP", "qnli": "QNLI", "rte": "RTE", "mrpc": "MRPC",
+    "stsb": "STS-B", "squad": "SQuAD v1.1", "squad_v2": "SQuAD v2.0", "xsum": "XSum", "cnn_dailymail": "CNN/DM",
+}  # fmt: skip
+# The two GLUE averages of spec §6. One metric per task ("8-metric" over all eight tasks) ...
+ONE_METRIC = {
+    "mnli": ["matched_accuracy"],
+    "sst2": ["accuracy"],
+    "cola": ["matthews"],
+    "qqp": ["accuracy"],
+    "qnli": ["accuracy"],
+    "rte": ["accuracy"],
+    "mrpc": ["accuracy"],
+    "stsb": ["pearson"],
+}
+# ... and the task mean (AdaLoRA's "All Ave."): each task's metrics averaged first, then the tasks.
+# STS-B enters as (Pearson + Spearman) / 2, the single correlation AdaLoRA's tables print.
+TASK_MEAN = {**ONE_METRIC, "mnli": ["matched_accuracy", "mismatched_accuracy"], "qqp": ["accuracy", "f1"]}
+TASK_MEAN["stsb"] = ["pearson_spearman_mean"]
+
+SQUAD_COLUMNS = [
+    Column("SQuAD v2.0 EM", "squad_v2", "exact"),
+    Column("SQuAD v2.0 F1", "squad_v2", "f1"),
+    Column("SQuAD v1.1 EM", "squad", "exact"),
+    Column("SQuAD v1.1 F1", "squad", "f1"),
+]
+SUMMARISATION_COLUMNS = [
+    Column(f"{label} {name}", task, metric)
+    for task, label in [("xsum", "XSum"), ("cnn_dailymail", "CNN/DM")]
+    for name, metric in [("R-1", "rouge1"), ("R-2", "rouge2"), ("R-L", "rougeL")]
+]
+TASK_COLUMNS = {"glue": GLUE_COLUMNS, "squad": SQUAD_COLUMNS, "summarisation": SUMMARISATION_COLUMNS}
