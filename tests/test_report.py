@@ -206,6 +206,61 @@ def test_increlora_random_allocation_control_is_not_in_the_main_table():
     }
 
 
+def test_a_run_that_ended_below_its_target_rank_is_flagged_with_its_final_budget():
+    glue = tables_by_name(fixture_records())["glue_fixture_tiny-deberta"]
+    increlora = next(row for row in glue.rows if row[0] == "IncreLoRA")
+    assert increlora[glue.header.index("RTE")] == "70.50 (n=1) ‡"
+    assert not any("‡" in cell for row in glue.rows if row[0] != "IncreLoRA" for cell in row)
+    assert (
+        "‡: the cell counts a run that ended off its target total rank R* (budget.final.total_rank): "
+        "rte-increlora-short-tiny-deberta-r8-s41 ended at total rank 24 of R* 96." in glue.notes
+    )
+    assert "70.50 (n=1) $^\\ddagger$" in glue.to_latex()
+    reached = record("rte", "increlora", 8, 41)  # the same run, grown to R*: no mark, and said so
+    [table] = report.build_tables([reached])
+    assert table.rows[0][table.header.index("RTE")] == "70.50 (n=1)"
+    assert (
+        "R*: all 1 run(s) with a target total rank (budget.final.target_total_rank) ended at it."
+        in table.notes
+    )
+    [lora] = report.build_tables([record("rte", "lora", 8, 41)])  # no target: no R* note at all
+    assert not any("R*" in note for note in lora.notes)
+
+
+def test_a_run_that_ended_above_its_target_rank_is_flagged_too():
+    """AdaLoRA prunes towards R*: a run stopped before its schedule finished ends above it."""
+    unfinished = record("rte", "adalora", 8, 41)
+    unfinished["budget"]["final"]["total_rank"] = 120
+    [table] = report.build_tables([unfinished])
+    assert table.rows[0][table.header.index("RTE")].endswith(" ‡")
+    assert "ended at total rank 120 of R* 96" in "\n".join(table.notes)
+
+
+def test_tasks_outside_the_paper_tables_get_a_table_per_family_with_their_records_metrics():
+    tables = tables_by_name(fixture_records())
+    tweets = tables["classification_tasks_demo_tiny-deberta"]
+    assert tweets.header == ["Method", "r̄", "#Params", "Tweets acc", "Tweets F1"]
+    assert [row[:2] + row[3:] for row in tweets.rows] == [
+        ["LoRA", "8", "92.00 ± 1.41 (n=2)", "83.00 ± 1.41 (n=2)"],
+        ["TriAdaptLoRA", "8", "94.00 ± 1.41 (n=2)", "85.00 ± 1.41 (n=2)"],
+    ]
+    aclsum = tables["summarisation_tasks_demo_tiny-deberta"]
+    assert aclsum.header[3:] == ["ACLSum R-1", "ACLSum R-2", "ACLSum R-L", "ACLSum R-Lsum"]
+    assert "primary metric: ACLSum rougeL" in "\n".join(aclsum.notes)
+    assert not any(name.startswith("glue_demo") for name in tables)  # tweets is not a GLUE task
+    # A task no label names, from a record without a family (older records): its own table, its own
+    # metrics (a metric listed but never reported gets no column).
+    other = record("tweets", "lora", 8, 41, study="demo")
+    other.update(task="emotion", run_id="emotion-lora")
+    other["config"]["task"] = {
+        "name": "emotion",
+        "metrics": ["accuracy", "macro_f1"],
+        "primary_metric": "accuracy",
+    }
+    table = tables_by_name([other])["other_tasks_demo_tiny-deberta"]
+    assert table.header[3:] == ["emotion acc"] and table.rows[0][3] == "91.00 (n=1)"
+
+
 # -- figures ---------------------------------------------------------------------------------------
 def test_rank_grid_is_layer_by_matrix_type():
     layers, types, grid = plots.final_rank_grid(record("rte", "triadapt", 2, 41))
@@ -226,6 +281,29 @@ def test_figures_are_written_as_png_and_pdf(tmp_path):
         assert {f"{stem}.png", f"{stem}.pdf"} <= names
         assert (tmp_path / f"{stem}.png").stat().st_size > 10_000
     assert not any("rank_heatmaps_adhoc" in n for n in names)  # LoRA only: nothing adaptive to show
+
+
+def test_the_budget_figure_draws_r_star_and_flags_a_run_that_ended_below_it():
+    runs = plots.selected_runs(fixture_records())[("fixture", "tiny-deberta")]
+    assert plots.off_target_runs(runs) == [("rte-increlora-short-tiny-deberta-r8-s41", 24, 96)]
+    assert plots.targets(runs) == [24, 96]  # m × r̄ for r̄ = 2 and 8
+    fig = plots.budget_figure(runs)
+    rank_axes = [ax for ax in fig.axes if ax.get_ylabel() == "total rank Σ r_i"]
+    flat = {
+        (ax.get_title(), float(line.get_ydata()[0]))
+        for ax in rank_axes
+        for line in ax.get_lines()
+        if line.get_linestyle() == ":"
+    }
+    assert flat == {("r̄ = 2", 24.0), ("r̄ = 8", 96.0)}  # R* of each budget, as a dotted line
+    markers = [line for ax in rank_axes for line in ax.get_lines() if line.get_marker() == "X"]
+    assert [(float(m.get_xdata()[0]), float(m.get_ydata()[0])) for m in markers] == [(20.0, 24.0)]
+    caption = fig.get_suptitle()
+    assert "rte-increlora-short-tiny-deberta-r8-s41 ended at total rank 24 of R* 96" in caption
+    heatmaps = plots.rank_heatmaps_figure(runs, "r8")
+    assert "IncreLoRA, RTE (n=1) ‡" in {ax.get_title() for ax in heatmaps.axes}
+    reached = [r for r in runs if "short" not in r["run_id"]]
+    assert plots.off_target_runs(reached) == [] and "‡" not in plots.budget_figure(reached).get_suptitle()
 
 
 def test_plots_use_the_tables_selection():
@@ -264,7 +342,10 @@ def offline_wandb_run(tmp_path: Path, source: dict) -> tuple[dict, Path]:
 
 def test_wandb_offline_run_imports_back_into_the_same_record(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
-    written, out = offline_wandb_run(tmp_path, record("rte", "triadapt", 2, 41))
+    source = record("rte", "triadapt", 2, 41)
+    for budget in source["budget"]["history"]:  # W&B logs no R* (BUDGET_SCALARS): a rebuilt record has none
+        del budget["target_total_rank"]
+    written, out = offline_wandb_run(tmp_path, source)
     [run_dir] = find_offline_runs([out])
     assert list((run_dir / "files" / "media" / "images").rglob("rank_heatmap_*.png")), "heatmap not logged"
     proc = subprocess.run(
@@ -398,7 +479,8 @@ def test_notebooks_execute_on_fixture_records(tmp_path):
     assert (EXPECTED / "glue_fixture_tiny-deberta.md").read_text() in shown
     figures = nbformat.read(tmp_path / "executed" / "plots.ipynb", as_version=4)
     images = [o for c in figures.cells for o in c.get("outputs", []) if "image/png" in o.get("data", {})]
-    assert len(images) == 5 + 3  # fixture group: 2 heatmaps + 3; ad-hoc group: budget, metric, seed spread
+    # fixture group: 2 heatmaps + 3; ad-hoc group: budget, metric, seed spread; demo group: 1 heatmap + 3
+    assert len(images) == 5 + 3 + 4
 
 
 def test_no_records_give_no_tables_and_a_record_without_a_budget_still_renders():

@@ -7,7 +7,9 @@ the write-up instead:
 
 - ``rank_heatmaps_<group>_<budget>``: final rank per layer × matrix type, one panel per adaptive
   method and task (mean over seeds), from ``rank_patterns.modules`` and the last ``rank_patterns.history``;
-- ``budget_<group>``: total rank and effective adapter parameters vs step (``budget.history``), one line per run;
+- ``budget_<group>``: total rank and effective adapter parameters vs step (``budget.history``), one line per run,
+  the target total rank R* of each budget as a dotted line, and a run that ended off R* marked ‡ at its
+  end and named with its final budget (src/reporting/budgets.py; the heatmaps mark its panel too);
 - ``metric_<group>``: the primary dev metric vs step (``evals``), mean over seeds, per task;
 - ``seed_spread_<group>``: the best primary metric of every seed, per task, method and budget.
 
@@ -26,6 +28,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from src.records import atomic_write
+from src.reporting.budgets import OFF_TARGET_MARK, final_and_target, off_target, off_target_text
 from src.reporting.tables import (
     METHOD_LABEL,
     METHOD_ORDER,
@@ -181,6 +184,30 @@ def _is_adaptive(records: list[dict]) -> bool:
     return False
 
 
+def targets(records: list[dict]) -> list[int]:
+    """The target total ranks R* of ``records``, sorted (one per backbone and budget, as a rule)."""
+    return sorted({t for r in records if (t := final_and_target(r)[1]) is not None})
+
+
+def off_target_runs(records: list[dict]) -> list[tuple[str, int, int]]:
+    """(run id, final total rank, R*) of every record that ended off its target total rank."""
+    found = [(r["run_id"], *final_and_target(r)) for r in records]
+    return sorted(f for f in found if off_target(f[1], f[2]))
+
+
+def _off_target_caption(records: list[dict], limit: int = 3) -> str:
+    """Lines under a title naming the runs that ended off R* (the first ``limit``, one per line, so
+    a long run id never runs off the page); empty when none did."""
+    found = off_target_runs(records)
+    if not found:
+        return ""
+    lines = [f"{OFF_TARGET_MARK} ended off its target total rank R*:"]
+    lines += [off_target_text(*f) for f in found[:limit]]
+    if len(found) > limit:
+        lines.append(f"and {len(found) - limit} more")
+    return "\n" + "\n".join(lines)
+
+
 def _label(method: str) -> str:
     return METHOD_LABEL.get(method, method)
 
@@ -219,14 +246,19 @@ def rank_heatmaps_figure(records: list[dict], budget: str) -> Figure | None:
                     continue
                 layers, types, grid, n = panels[(task, method)]
                 image = _draw_heatmap(ax, layers, types, grid, vmax)
-                ax.set_title(f"{_label(method)}, {TASK_LABEL.get(task, task)} (n={n})")
+                panel = [r for r in records if r["task"] == task and r["method"] == method]
+                mark = f" {OFF_TARGET_MARK}" if off_target_runs(panel) else ""
+                ax.set_title(f"{_label(method)}, {TASK_LABEL.get(task, task)} (n={n}){mark}")
                 if i < len(tasks) - 1:
                     ax.set_xlabel("")
                 if j > 0:
                     ax.set_ylabel("")
         fig.colorbar(image, ax=axes, label="final rank (mean over seeds)", shrink=0.8)
         rank = dict(_budgets(records)).get(budget)
-        fig.suptitle(f"Final rank allocation, r̄ = {'?' if rank is None else rank}")
+        shown = [r for r in records if r["method"] in methods]
+        fig.suptitle(
+            f"Final rank allocation, r̄ = {'?' if rank is None else rank}{_off_target_caption(shown)}"
+        )
     return fig
 
 
@@ -255,22 +287,34 @@ def budget_figure(records: list[dict]) -> Figure | None:
                         steps, values, drawstyle="steps-post", color=METHOD_COLOR.get(r["method"]),
                         alpha=0.55, linewidth=1.0, label=_label(r["method"]),
                     )  # fmt: skip
+                    if i == 0 and off_target_runs([r]):  # where the run stopped, short of (or past) R*
+                        axes[0][j].plot(
+                            steps[-1], values[-1], marker="X", markersize=5, color="black", linestyle="none",
+                            label=f"{OFF_TARGET_MARK} ended off R*",
+                        )  # fmt: skip
+            for target in targets([r for r in records if _budget(r)[0] == name]):
+                axes[0][j].axhline(target, color="black", linestyle=":", linewidth=0.8, label="target R*")
+                axes[0][j].annotate(
+                    f"R* = {target}", (1.0, target), xycoords=("axes fraction", "data"), ha="right",
+                    va="bottom", fontsize=6,
+                )  # fmt: skip
             axes[0][j].set_title(f"r̄ = {'?' if rank is None else rank}")
             axes[0][j].set_ylabel("total rank Σ r_i")
             axes[1][j].set_ylabel("effective adapter params (K)")
             axes[1][j].set_xlabel("optimizer step")
-        _method_legend(fig, axes, METHOD_ORDER)
-        fig.suptitle("Rank budget over training (one line per run)")
+        _method_legend(fig, axes, METHOD_ORDER, extra=["target R*", f"{OFF_TARGET_MARK} ended off R*"])
+        fig.suptitle(f"Rank budget over training (one line per run){_off_target_caption(records)}")
     return fig
 
 
-def _method_legend(fig, axes, methods) -> None:
-    """One legend for the whole figure, one entry per method present, in ``methods`` order."""
+def _method_legend(fig, axes, methods, extra: tuple[str, ...] | list[str] = ()) -> None:
+    """One legend for the whole figure, one entry per method present, in ``methods`` order, then the
+    ``extra`` labels present (R* lines, markers)."""
     handles = {}
     for ax in axes.flat:
         for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
             handles.setdefault(label, handle)
-    order = [_label(m) for m in methods if _label(m) in handles]
+    order = [_label(m) for m in methods if _label(m) in handles] + [k for k in extra if k in handles]
     fig.legend(
         [handles[k] for k in order], order, loc="outside lower center", ncols=len(order), frameon=False
     )

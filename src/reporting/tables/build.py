@@ -1,5 +1,5 @@
-"""Run rows -> tables: one per kind (GLUE, SQuAD, summarisation, the schedule ablation) and (study,
-backbone) group."""
+"""Run rows -> tables: one per kind (GLUE, SQuAD, summarisation, the schedule ablation, and a table
+per family for other tasks) and (study, backbone) group."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from collections.abc import Iterable
 
 import pandas as pd
 
+from src.reporting.budgets import OFF_TARGET_MARK, off_target, off_target_text
 from src.reporting.tables.anchors import ANCHOR_SOURCE, ANCHORS, anchor_rows
 from src.reporting.tables.cells import (
     fmt_cell,
@@ -20,6 +21,7 @@ from src.reporting.tables.cells import (
 from src.reporting.tables.columns import (
     ADHOC,
     DASH,
+    FAMILY_TITLE,
     GLUE_TASKS,
     METHOD_LABEL,
     METHOD_ORDER,
@@ -30,6 +32,7 @@ from src.reporting.tables.columns import (
     TASK_LABEL,
     TASK_MEAN,
     Column,
+    family_columns,
 )
 from src.reporting.tables.frame import latest_ok, runs_frame, several_lrs
 from src.reporting.tables.render import Table
@@ -92,19 +95,47 @@ def _excluded_notes(group: pd.DataFrame, superseded: list[str]) -> list[str]:
     return notes
 
 
+def _off_target(runs: pd.DataFrame) -> pd.Series:
+    """Per run: did it end at a total rank other than its target R*?"""
+    ends = zip(runs["final_total_rank"], runs["target_total_rank"], strict=True)
+    return pd.Series([off_target(total, target) for total, target in ends], index=runs.index, dtype=bool)
+
+
+def _budget_notes(ok: pd.DataFrame) -> list[str]:
+    """Which counted runs ended off their target total rank R*, with their final budget; or, where
+    every run with a target reached it, that they did (so a silent table never hides a short one)."""
+    targeted = ok[ok["target_total_rank"].notna()]
+    if targeted.empty:
+        return []
+    off = targeted[_off_target(targeted)].sort_values("run_id")
+    if off.empty:
+        return [
+            f"R*: all {len(targeted)} run(s) with a target total rank (budget.final.target_total_rank) "
+            "ended at it."
+        ]
+    ends = zip(off["run_id"], off["final_total_rank"], off["target_total_rank"], strict=True)
+    return [
+        f"{OFF_TARGET_MARK}: the cell counts a run that ended off its target total rank R* "
+        f"(budget.final.total_rank): {'; '.join(off_target_text(*end) for end in ends)}."
+    ]
+
+
 def _row(
     cell_runs: pd.DataFrame, label: list[str], avg_rank, columns: list[Column], avg_tasks: list[str]
 ) -> list:
     """One row: ``label`` cells, r̄, the mean #Params (formatted once the column is known), a cell per
-    column, and the GLUE averages over ``avg_tasks``."""
+    column (marked where a run of it ended off R*), and the GLUE averages over ``avg_tasks``."""
     means: dict[tuple[str, str], float | None] = {}
     metrics = {(c.task, c.metric) for c in columns}
     metrics |= {(t, m) for t in avg_tasks for m in ONE_METRIC[t] + TASK_MEAN[t]}
     for task, metric in metrics:
         values = metric_values(cell_runs, task, metric)
         means[(task, metric)] = statistics.mean(values) if values else None
+    off_tasks = set(cell_runs.loc[_off_target(cell_runs), "task"])
     row = [*label, str(avg_rank) if avg_rank is not None else DASH, mean_params(cell_runs["params"])]
-    row += [fmt_cell(metric_values(cell_runs, c.task, c.metric)) for c in columns]
+    for c in columns:
+        mark = f" {OFF_TARGET_MARK}" if c.task in off_tasks else ""
+        row.append(fmt_cell(metric_values(cell_runs, c.task, c.metric)) + mark)
     for scheme in (ONE_METRIC, TASK_MEAN) if avg_tasks else ():
         avg = task_average(means, avg_tasks, scheme)
         row.append(DASH if avg is None else f"{avg:.2f}")
@@ -185,6 +216,7 @@ def build_table(
         notes.append(f"(published): {anchor_source}; not our runs, shown for reference.")
         if any(c.task == "stsb" for c in columns) and name.startswith("glue"):
             notes.append("†: published STS-B is (Pearson + Spearman)/2, used in both averages.")
+    notes += _budget_notes(ok)
     notes += list(extra_notes)
     notes += _excluded_notes(table_runs, superseded)
     return Table(name, title, header, rows, notes)
@@ -221,7 +253,40 @@ def tables_for_group(
         )
         if table is not None:
             tables.append(table)
+    tables += _family_tables(main, study, backbone, adhoc if study == ADHOC else [])
     tables += _schedule_ablation(group, study, backbone, adhoc if study == ADHOC else [])
+    return tables
+
+
+def _family_tables(main: pd.DataFrame, study: str, backbone: str, extra: list[str]) -> list[Table]:
+    """A table per family of the tasks no paper table shows (``<family>_tasks_<study>_<backbone>``),
+    laid out like the paper's: rows method × budget, a column per task and metric its records list."""
+    tables = []
+    for family, columns in family_columns(main).items():
+        tasks = list(dict.fromkeys(c.task for c in columns))
+        primary = ", ".join(
+            f"{TASK_LABEL.get(t, t)} {m}"
+            for t, m in dict.fromkeys(zip(main["task"], main["primary_metric"], strict=True))
+            if t in tasks
+        )
+        title = FAMILY_TITLE.get(family, f"{family.replace('_', ' ').capitalize()} dev")
+        table = build_table(
+            f"{family}_tasks_{study}_{backbone}",
+            f"{title}, tasks outside the paper's tables: study `{study}`, backbone `{backbone}`",
+            main,
+            columns,
+            "method",
+            METHOD_LABEL,
+            METHOD_ORDER,
+            averages=False,
+            extra_notes=[
+                f"Columns: each task's metrics as its records list them (config.task.metrics); "
+                f"primary metric: {primary}.",
+                *extra,
+            ],
+        )
+        if table is not None:
+            tables.append(table)
     return tables
 
 
@@ -230,6 +295,7 @@ def _schedule_ablation(group: pd.DataFrame, study: str, backbone: str, extra: li
     if not len(ablation):
         return []
     columns = [c for cols in TASK_COLUMNS.values() for c in cols]
+    columns += [c for cols in family_columns(ablation).values() for c in cols]
     table = build_table(
         f"ablation_schedule_{study}_{backbone}",
         f"TriAdaptLoRA threshold schedule (method.schedule): study `{study}`, backbone `{backbone}`",

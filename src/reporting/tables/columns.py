@@ -1,8 +1,11 @@
-"""What the tables show: method and task labels, the paper's column sets and the GLUE averages."""
+"""What the tables show: method and task labels, the paper's column sets, the GLUE averages, and the
+columns of a task the paper's tables do not have (read from its records)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+import pandas as pd
 
 DASH = "—"  # a missing cell: no run, or no value for that metric; never 0
 METHOD_ORDER = ["lora", "adalora", "increlora", "triadapt"]
@@ -50,6 +53,7 @@ GLUE_TASKS = ["mnli", "sst2", "cola", "qqp", "qnli", "rte", "mrpc", "stsb"]
 TASK_LABEL = {
     "mnli": "MNLI", "sst2": "SST-2", "cola": "CoLA", "qqp": "QQP", "qnli": "QNLI", "rte": "RTE", "mrpc": "MRPC",
     "stsb": "STS-B", "squad": "SQuAD v1.1", "squad_v2": "SQuAD v2.0", "xsum": "XSum", "cnn_dailymail": "CNN/DM",
+    "tweets": "Tweets", "aclsum": "ACLSum",
 }  # fmt: skip
 # The two GLUE averages of spec §6. One metric per task ("8-metric" over all eight tasks) ...
 ONE_METRIC = {
@@ -79,3 +83,36 @@ SUMMARISATION_COLUMNS = [
     for name, metric in [("R-1", "rouge1"), ("R-2", "rouge2"), ("R-L", "rougeL")]
 ]
 TASK_COLUMNS = {"glue": GLUE_COLUMNS, "squad": SQUAD_COLUMNS, "summarisation": SUMMARISATION_COLUMNS}
+PAPER_TASKS = {c.task for cols in TASK_COLUMNS.values() for c in cols}
+
+# Any other task (a demo or offline task: tweets, aclsum) gets a table per family (the record's
+# config.task.family, the family src/tasks builds it with), its columns the metrics its records list.
+OTHER_FAMILY = "other"  # records written before config.task.family was stored
+FAMILY_TITLE = {
+    "classification": "Classification dev",
+    "question_answering": "Question answering dev (EM / F1)",
+    "summarisation": "Summarisation dev (ROUGE F)",
+}
+METRIC_LABEL = {
+    "accuracy": "acc", "f1": "F1", "matthews": "MCC", "pearson": "Pearson", "spearman": "Spearman",
+    "exact": "EM", "rouge1": "R-1", "rouge2": "R-2", "rougeL": "R-L", "rougeLsum": "R-Lsum",
+}  # fmt: skip
+
+
+def family_columns(runs: pd.DataFrame) -> dict[str, list[Column]]:
+    """family -> a column per (task, metric) of the tasks in ``runs`` that no paper table shows: each
+    task's metrics in the order its records list them (``config.task.metrics``, else the primary
+    metric), kept if some run's best evaluation has a value; tasks in TASK_LABEL order, then by name."""
+    other = runs[~runs["task"].isin(PAPER_TASKS)]
+    order = {task: i for i, task in enumerate(TASK_LABEL)}
+    tasks = sorted(set(other["task"]), key=lambda t: (order.get(t, len(order)), t))
+    found: dict[str, list[Column]] = {}
+    for task in tasks:
+        rows = other[other["task"] == task]
+        listed = dict.fromkeys(m for metrics in rows["metrics"] for m in metrics)
+        reported = {k for best in rows["best"] for k, v in best.items() if v is not None}
+        label = TASK_LABEL.get(task, task)
+        columns = [Column(f"{label} {METRIC_LABEL.get(m, m)}", task, m) for m in listed if m in reported]
+        family = next(iter(dict.fromkeys(rows["family"])))
+        found.setdefault(family, []).extend(columns)
+    return {family: columns for family, columns in sorted(found.items()) if columns}

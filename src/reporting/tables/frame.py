@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from src.reporting.tables.columns import ADHOC, DASH, DEFAULT_AXES
+from src.reporting.budgets import final_and_target
+from src.reporting.tables.columns import ADHOC, DASH, DEFAULT_AXES, OTHER_FAMILY
 
 
 def load_records(runs_dir: str | Path) -> list[dict]:
@@ -25,9 +26,10 @@ def _variant(method: str, method_cfg: dict) -> dict:
 
 
 RUN_COLUMNS = [
-    "run_id", "status", "study", "backbone", "task", "method", "budget", "avg_rank", "learning_rate", "seed",
-    "schedule",
-    "is_default", "ablation_other_default", "params", "finished_at", "best",
+    "run_id", "status", "study", "backbone", "task", "family", "metrics", "primary_metric",
+    "method", "budget", "avg_rank", "learning_rate", "seed", "schedule",
+    "is_default", "ablation_other_default", "params", "final_total_rank", "target_total_rank",
+    "finished_at", "best",
 ]  # fmt: skip
 
 
@@ -38,7 +40,10 @@ def runs_frame(records: Iterable[dict]) -> pd.DataFrame:
         config = r.get("config") or {}
         budget_cfg = config.get("budget") or {}
         method_cfg = config.get("method") or {}
+        task_cfg = config.get("task") or {}
         final_budget = (r.get("budget") or {}).get("final") or {}
+        final_rank, target_rank = final_and_target(r)
+        primary = r.get("primary_metric") or task_cfg.get("primary_metric")
         variant = _variant(r["method"], method_cfg)
         rows.append(
             {
@@ -47,6 +52,10 @@ def runs_frame(records: Iterable[dict]) -> pd.DataFrame:
                 "study": config.get("study") or ADHOC,
                 "backbone": r["backbone"],
                 "task": r["task"],
+                "family": task_cfg.get("family") or OTHER_FAMILY,
+                # the metrics the task reports, in its config's order (the primary one if none listed)
+                "metrics": list(task_cfg.get("metrics") or ([primary] if primary else [])),
+                "primary_metric": primary,
                 "method": r["method"],
                 "budget": budget_cfg.get("name", DASH),
                 "avg_rank": budget_cfg.get("avg_rank"),
@@ -58,6 +67,8 @@ def runs_frame(records: Iterable[dict]) -> pd.DataFrame:
                     variant[a] == d for a, d in DEFAULT_AXES.get(r["method"], {}).items() if a != "schedule"
                 ),
                 "params": final_budget.get("effective_adapter"),
+                "final_total_rank": final_rank,
+                "target_total_rank": target_rank,
                 "finished_at": r.get("finished_at") or "",
                 "best": r.get("best") or {},
             }
