@@ -46,8 +46,12 @@ NON_IDENTITY_KEYS = ("paths", "logger", "run_id", "hydra", "skip_existing", "sav
 # ... and such keys inside groups: checkpointing and resuming change how a run is carried out, not
 # what it computes (a resumed run has the identity of the run it continues); `optim` picks an
 # implementation of the same AdamW update, which changes results at rounding level, as threads do.
-NON_IDENTITY_GROUP_KEYS = {"trainer": ("checkpoint", "save_steps", "resume", "keep_checkpoints", "optim")}
-# Method options added after records existed, at the value that computes what those records computed:
+# `fit_schedule` only decides whether a run too short for its method's schedule fails or runs with the
+# schedule fitted to it (src/runtime/prepare.py): an ok record under either value computed the same.
+NON_IDENTITY_GROUP_KEYS = {
+    "trainer": ("checkpoint", "save_steps", "resume", "keep_checkpoints", "optim", "fit_schedule")
+}
+# Options added after records existed, at the value that computes what those records computed:
 # a key at this value stays out of the identity, so the old records keep their ids (any other value,
 # e.g. IncreLoRA's new defaults activated_group=new and spares_after_growth=keep, is in it).
 IDENTITY_NEUTRAL = {
@@ -57,7 +61,9 @@ IDENTITY_NEUTRAL = {
         "activated_group": "birth",
         "spares_after_growth": "freeze",
         "seed": None,  # the growing methods' copy of the run seed, filled at run time
-    }
+    },
+    # null: spec §6's evaluation cadence, uncapped, as every record before the cap computed
+    "trainer": {"max_evals": None},
 }
 
 
@@ -101,6 +107,10 @@ def config_hash(config: dict) -> str:
     for group, neutral in IDENTITY_NEUTRAL.items():
         if isinstance(identity.get(group), dict):
             identity[group] = {k: v for k, v in identity[group].items() if neutral.get(k, object()) != v}
+    trainer = identity.get("trainer")
+    if isinstance(trainer, dict) and trainer.get("eval_steps") is not None:
+        # the cap spaces out the default cadence only; a run with its own eval_steps never reads it
+        identity["trainer"] = {k: v for k, v in trainer.items() if k != "max_evals"}
     return hashlib.sha1(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:8]
 
 

@@ -82,6 +82,8 @@ def train(cfg: DictConfig) -> dict:
         tracker = RunTracker(run_id, config, record_path, cfg.logger, output_dir, resume_from, started)
         tracker.set_primary_metric(task.primary_metric)
         tracker.record["method_config"] = dataclasses.asdict(run.method_cfg)  # with T and warmup filled in
+        # null: the schedule as configured; else the run was too short for it (src/runtime/prepare.py)
+        tracker.record["schedule_fit"] = run.schedule_fit
         overrides = config["backbone"].get("config_overrides") or {}
         model = method.apply(
             load_model(cfg.backbone, task.head, task.num_labels, cfg.seed, **overrides), run.method_cfg

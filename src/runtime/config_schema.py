@@ -42,6 +42,7 @@ class TrainerConfig:
     max_grad_norm: float = setting(ge=0)  # 0: no clipping
     optim: str = setting(choices=OPTIMIZERS)
     eval_steps: int | None = setting(ge=1)
+    max_evals: int | None = setting(None, ge=1)  # caps the default cadence (eval_steps null) only
     logging_steps: int = setting(ge=1)
     bf16: bool
     fp16: bool
@@ -51,6 +52,7 @@ class TrainerConfig:
     save_steps: int | None = setting(ge=1)
     resume: bool
     keep_checkpoints: bool
+    fit_schedule: bool = True  # false: a run too short for its method's schedule fails (spec §3-§5)
 
     @classmethod
     def relations(cls, tr: dict, path: str) -> list[str]:

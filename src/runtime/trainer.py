@@ -237,14 +237,32 @@ def show_progress() -> bool:
     return not (HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN)
 
 
+# trainer.save_steps=null: this many checkpoints per run (every ceil(T / 5) steps), whatever the
+# evaluation cadence. They are for a run killed without warning, which then redoes at most a fifth of
+# itself (a stop signal writes one at the next step anyway); and the best evaluation is read off the
+# record, not reloaded from a checkpoint (no load_best_model_at_end), so they need not fall on
+# evaluations.
+DEFAULT_CHECKPOINTS = 5
+
+
+def default_eval_steps(total: int, per_epoch: int, max_evals: int | None) -> int:
+    """trainer.eval_steps=null: spec §6's cadence (once per epoch when the run has >= 20 epochs, four
+    times per epoch otherwise), spaced out to at most ``max_evals`` evaluations when that is set: a
+    30-step run over 256 examples evaluated 15 times, more than half its wall time. The final model
+    is always evaluated (src/train.py), so a run has ceil(T / eval_steps) evaluations."""
+    steps = per_epoch if total / per_epoch >= 20 else max(1, per_epoch // 4)
+    if max_evals and math.ceil(total / steps) > max_evals:
+        steps = math.ceil(total / max_evals)  # ceil(T / ceil(T / n)) <= n
+    return steps
+
+
 def training_arguments(
     tr: DictConfig, output_dir: str, total: int, per_epoch: int, seed: int, progress: bool = False
 ) -> TrainingArguments:
     optim = tr.get("optim", "adamw_torch")  # configs written before the option had the loop
     if optim not in OPTIMIZERS:
         raise ValueError(f"trainer.optim={optim!r} is not supported; use one of {sorted(OPTIMIZERS)}")
-    epochs = total / per_epoch
-    eval_steps = tr.eval_steps or (per_epoch if epochs >= 20 else max(1, per_epoch // 4))
+    eval_steps = tr.eval_steps or default_eval_steps(total, per_epoch, tr.get("max_evals"))
     return TrainingArguments(
         output_dir=output_dir,
         per_device_train_batch_size=tr.per_device_train_batch_size,
@@ -261,7 +279,7 @@ def training_arguments(
         logging_steps=tr.logging_steps,
         logging_nan_inf_filter=False,  # a non-finite loss must be seen, not averaged away
         save_strategy="steps" if tr.get("checkpoint", True) else "no",
-        save_steps=tr.get("save_steps") or eval_steps,
+        save_steps=tr.get("save_steps") or math.ceil(total / DEFAULT_CHECKPOINTS),
         save_total_limit=2,  # the newest checkpoint may be cut short by a kill; the one before is complete
         report_to="none",
         seed=seed,
