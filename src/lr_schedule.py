@@ -8,6 +8,7 @@ optimizer's default LR forever (shared/spec/methods.md §5.8); torch 2.13 zips s
 
 from __future__ import annotations
 
+import types
 from collections.abc import Callable
 
 from torch.optim import Optimizer
@@ -95,6 +96,21 @@ class GroupLambdaLR(LambdaLR):
         add_group(self, lr_lambda or self.default_lambda)
 
 
+def plain_function(lr_lambda: LRLambda) -> LRLambda:
+    """``lr_lambda`` as a plain function. A ``LambdaLR`` saves ``None`` for a function and the
+    ``__dict__`` of any other callable (transformers' schedules are partials), and loading the latter
+    into a scheduler with fewer groups fails; a group added during training must not stop its
+    checkpoint from loading into the scheduler a resumed stock Trainer builds
+    (src/methods/growing/resume.py)."""
+    if isinstance(lr_lambda, types.FunctionType):
+        return lr_lambda
+
+    def scheduled(step: int) -> float:
+        return lr_lambda(step)
+
+    return scheduled
+
+
 def add_group(scheduler: LambdaLR, lr_lambda: LRLambda) -> None:
     """Schedule the newest optimizer group of any ``LambdaLR`` (transformers' schedules are ones)."""
     n_scheduled = len(scheduler.base_lrs)
@@ -106,6 +122,6 @@ def add_group(scheduler: LambdaLR, lr_lambda: LRLambda) -> None:
     group = scheduler.optimizer.param_groups[-1]
     group.setdefault("initial_lr", group["lr"])
     scheduler.base_lrs.append(group["initial_lr"])
-    scheduler.lr_lambdas.append(lr_lambda)
+    scheduler.lr_lambdas.append(plain_function(lr_lambda))
     group["lr"] = group["initial_lr"] * lr_lambda(scheduler.last_epoch)
     scheduler._last_lr = [g["lr"] for g in scheduler.optimizer.param_groups]

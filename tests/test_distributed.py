@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 from src.train import train
-from tests.conftest import ROOT
+from tests.conftest import ROOT, user_runs
 
 pytestmark = [pytest.mark.slow, pytest.mark.heavy]
 BATCH = 4  # per process; the single-process run uses 2 * BATCH
@@ -77,7 +77,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(
         timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    ddp = json.loads((ddp_root / "results" / "runs" / "ddp.json").read_text())
+    ddp = json.loads((user_runs(ddp_root) / "ddp.json").read_text())
     single = train(cfg_factory(*args, f"trainer.per_device_train_batch_size={2 * BATCH}", "run_id=single"))
 
     assert (
@@ -114,20 +114,21 @@ from tests.conftest import CONFIG_DIR
 from tests.test_distributed import DROPOUT_KEYS
 
 method, out, batch, checkpointing = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1"
+resume = sys.argv[5] if len(sys.argv) > 5 else None  # a checkpoint of an earlier run of this script
 backbone = OmegaConf.load(CONFIG_DIR / "backbone" / "tiny-deberta.yaml")
 torch.manual_seed(0)
 base = load_model(backbone, "seq_cls", 2, 0, **{key: 0.0 for key in DROPOUT_KEYS})
 model = peft.get_peft_model(base, tuner_config(method))  # T = 24, events every 2 steps from 4
 args = TrainingArguments(
     output_dir=out, per_device_train_batch_size=batch, max_steps=24, learning_rate=5e-3, warmup_steps=2,
-    report_to="none", save_strategy="no", logging_strategy="no", disable_tqdm=True, use_cpu=True,
+    report_to="none", save_strategy="steps", save_steps=8, logging_strategy="no", disable_tqdm=True, use_cpu=True,
     remove_unused_columns=False, train_sampling_strategy="sequential", average_tokens_across_devices=False,
     gradient_checkpointing=checkpointing, gradient_checkpointing_kwargs={"use_reentrant": False},
     ddp_find_unused_parameters=False,
 )
 callback = RankGrowthCallback()
 Trainer(model=model, args=args, train_dataset=examples(128), data_collator=default_data_collator,
-        callbacks=[callback]).train()
+        callbacks=[callback]).train(resume_from_checkpoint=resume)
 rank = int(os.environ.get("RANK", "0"))
 weights = {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
 save_file(weights, os.path.join(out, f"rank{rank}.safetensors"))
@@ -141,14 +142,18 @@ with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
 def test_a_stock_trainer_with_rank_growth_callback_under_torchrun_matches_one_process(
     tmp_path, method, checkpointing
 ):
+    """Also ``train(resume_from_checkpoint=...)`` under torchrun, from step 8, after two events."""
     script = tmp_path / "stock.py"
     script.write_text(STOCK_SCRIPT)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
     flag = "1" if checkpointing else "0"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
     runs = {
-        "ddp": [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                str(free_port()), str(script), method, str(tmp_path / "ddp"), str(BATCH), flag],
+        "ddp": [*torchrun, "--master_port", str(free_port()), str(script), method, str(tmp_path / "ddp"),
+                str(BATCH), flag],
         "single": [sys.executable, str(script), method, str(tmp_path / "single"), str(2 * BATCH), flag],
+        "resumed": [*torchrun, "--master_port", str(free_port()), str(script), method,
+                    str(tmp_path / "resumed"), str(BATCH), flag, str(tmp_path / "ddp" / "checkpoint-8")],
     }  # fmt: skip
     for name, command in runs.items():
         (tmp_path / name).mkdir()
@@ -158,10 +163,13 @@ def test_a_stock_trainer_with_rank_growth_callback_under_torchrun_matches_one_pr
         json.loads((tmp_path / name / f"rank{rank}.json").read_text()),
         load_file(tmp_path / name / f"rank{rank}.safetensors"),
     )
-    (single_log, single), (log0, rank0), (log1, rank1) = read("single", 0), read("ddp", 0), read("ddp", 1)
-    assert single_log["events"] and log0 == log1 == single_log  # the same events and rank pattern
-    assert rank0.keys() == rank1.keys() == single.keys()
-    for key, tensor in single.items():
-        assert torch.equal(rank0[key], rank1[key]), f"{key}: the two processes differ"
-        diff = (rank0[key] - tensor).abs().max().item() if tensor.numel() else 0.0
-        assert diff <= ATOL, f"{key}: max |ddp - single| = {diff:.2e}"
+    single_log, single = read("single", 0)
+    assert [e for e in single_log["events"] if e <= 8] == [6, 8]  # the checkpoint is after growth
+    for name in ("ddp", "resumed"):
+        (log0, rank0), (log1, rank1) = read(name, 0), read(name, 1)
+        assert log0 == log1 == single_log, name  # the same events and rank pattern
+        assert rank0.keys() == rank1.keys() == single.keys()
+        for key, tensor in single.items():
+            assert torch.equal(rank0[key], rank1[key]), f"{name} {key}: the two processes differ"
+            diff = (rank0[key] - tensor).abs().max().item() if tensor.numel() else 0.0
+            assert diff <= ATOL, f"{name} {key}: max |ddp - single| = {diff:.2e}"

@@ -15,6 +15,7 @@ spec's point of the HF loop, §1.4).
 from __future__ import annotations
 
 import dataclasses
+import json
 import warnings
 from typing import Any, ClassVar
 
@@ -27,6 +28,7 @@ from torch import nn
 
 from src.methods.base import METHODS
 from src.methods.base import register as register_method
+from src.methods.growing import resume
 from src.methods.growing.allocator import ScheduleWarning
 from src.methods.growing.injection import (
     INFO_ATTR,
@@ -187,6 +189,26 @@ class GrowingTuner(BaseTuner):
         )
         self.sync_config()
 
+    # -- a stock Trainer's resume (resume.py) --------------------------------------------------------
+    growth_callback = None  # the RankGrowthCallback training this model: checkpoints carry its state
+    resume_state = None  # the resume state of the checkpoint loaded last, until the callback applies it
+
+    def restore_layout_for_resume(self, saved: dict) -> None:
+        """Grow a fresh model to a training checkpoint's layout, and keep the rest for the callback."""
+        current = _as_json(self.method.layout(self.model))
+        if current != _as_json(saved["layout"]):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ScheduleWarning)
+                try:
+                    restore_layout(self.method, self.model, saved["layout"], "the checkpoint")
+                except ValueError as e:
+                    raise ValueError(
+                        f"cannot load a grown training checkpoint into this model ({e}); resume into a "
+                        f"model fresh from get_peft_model (its layout is {current[:80]}...)"
+                    ) from e
+            self.sync_config()
+        self.resume_state = saved
+
     def sync_config(self) -> None:
         """Write the live shapes into the config, so ``save_pretrained`` saves what is trained."""
         for key, value in self.method.layout(self.model).items():
@@ -254,7 +276,11 @@ class GrowingTuner(BaseTuner):
     @classmethod
     def _get_adapter_state_dict(cls, model, config, adapter_name, state_dict, unwanted_adapter_names):
         layers = _layers_by_key(model)
-        return {k: v for k, v in state_dict.items() if in_adapter(k, layers)}
+        adapter = {k: v for k, v in state_dict.items() if in_adapter(k, layers)}
+        callback = growing_tuner(model).growth_callback  # set while a Trainer trains the model
+        if callback is not None:  # a checkpoint: what a resumed stock Trainer needs (resume.py)
+            adapter[resume.RESUME_KEY] = resume.pack(callback.resume_payload(model))
+        return adapter
 
     @classmethod
     def _remove_adapter_name_from_key(cls, key: str, adapter_name: str) -> str:
@@ -263,7 +289,14 @@ class GrowingTuner(BaseTuner):
     @classmethod
     def _remap_adapter_state_dict_for_load(cls, model, config, adapter_name, state_dict):
         """Identity, after a strict check: a file whose adapter tensors are not exactly the model's
-        would otherwise load partly and leave the rest at their initial values."""
+        would otherwise load partly and leave the rest at their initial values.
+
+        A training checkpoint's file also holds the resume state (resume.py): the model grows to its
+        layout first, and the rest waits on the tuner for ``RankGrowthCallback.on_train_begin``."""
+        if resume.RESUME_KEY in state_dict:
+            state_dict = dict(state_dict)
+            saved = resume.unpack(state_dict.pop(resume.RESUME_KEY))
+            growing_tuner(model).restore_layout_for_resume(saved)
         layers = _layers_by_key(model)
         expected = {k for k in model.state_dict() if in_adapter(k, layers)}
         if not expected:
@@ -276,6 +309,10 @@ class GrowingTuner(BaseTuner):
                 f"{unexpected[:3]}; is adapter_config.json's rank_pattern the one saved with them?"
             )
         return state_dict
+
+
+def _as_json(value) -> str:
+    return json.dumps(value, sort_keys=True, default=list)
 
 
 def _layers_by_key(model: nn.Module) -> dict[str, AdapterLinear]:
