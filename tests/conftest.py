@@ -20,6 +20,14 @@ CONFIG_DIR = ROOT / "configs"
 SHARED_DATA = (ROOT.parent / "shared" / "data").resolve()
 
 
+def user_runs(root: Path) -> Path:
+    """Where a run with ``paths.root_dir=root`` writes its record by default (configs/paths/default.yaml,
+    the user's untracked folder; the project's sweeps write to results/runs instead)."""
+    node = OmegaConf.create({"paths": OmegaConf.load(CONFIG_DIR / "paths" / "default.yaml")})
+    node.paths.root_dir = str(root)
+    return Path(node.paths.runs_dir)
+
+
 def compose_config(*overrides: str, tmp_path: Path | None = None):
     """Compose ``configs/train.yaml`` as ``python -m src.train`` would, with outputs under tmp_path."""
     extra = []
