@@ -9,9 +9,13 @@ OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 SKIP_EXISTING = $(if $(FORCE),false,true)
 # extra Hydra overrides for the sweeps, e.g. SWEEP_ARGS="task=rte,mrpc seed=41"
 SWEEP_ARGS ?=
-RUNS ?= results/runs
-TABLES_DIR ?= results/tables
-FIGURES_DIR ?= results/figures
+# Where records are read and derived files go: my_results (your runs, untracked; configs/paths/default.yaml)
+# unless told otherwise. RESULTS=results is the shipped study (its records come from the sweeps below, which
+# write there): `make results RESULTS=results` regenerates its committed tables, figures and write-up.
+RESULTS ?= my_results
+RUNS ?= $(RESULTS)/runs
+TABLES_DIR ?= $(RESULTS)/tables
+FIGURES_DIR ?= $(RESULTS)/figures
 
 .PHONY: help setup demo test test-slow test-fast lint format clean bench-overhead gpu-check glue-sweep glue-sweep-cpu cpu-repro results check-results tables figures notebooks
 
@@ -61,16 +65,16 @@ cpu-repro: ## the CPU study of the paper's claims: runs what is missing (CHUNKS=
 	$(OFFLINE) WANDB_MODE=$${WANDB_MODE:-offline} $(PY) scripts/cpu_repro.py --data-dir $(DATA_DIR) \
 		--jobs $(or $(JOBS),1) $(foreach c,$(CHUNKS),--chunk $(c)) $(foreach s,$(SEEDS),--seed $(s)) $(SWEEP_ARGS)
 
-results: ## every table, figure and write-up from RUNS: results/tables, results/figures, results/cpu-repro (stale ones removed)
-	$(PY) -m src.reporting.derived --runs $(RUNS) --results results
+results: ## every table, figure and write-up from RESULTS/runs into RESULTS (default my_results: your runs; RESULTS=results: the shipped study); stale ones removed
+	$(PY) -m src.reporting.derived --runs $(RUNS) --results $(RESULTS)
 
-check-results: ## fail if the committed tables, write-ups or figure names differ from what `make results` makes of the committed records
-	$(PY) -m src.reporting.derived --runs $(RUNS) --results results --check
+check-results: ## fail if the committed results/ (tables, write-ups, figure names) differ from what its committed records give
+	$(PY) -m src.reporting.derived --runs results/runs --results results --check
 
-tables: ## Markdown + LaTeX tables from RUNS (results/runs) into TABLES_DIR (results/tables); ANCHORS=1 adds published rows
+tables: ## Markdown + LaTeX tables from RUNS (RESULTS/runs) into TABLES_DIR (RESULTS/tables); ANCHORS=1 adds published rows
 	$(PY) -m src.reporting.tables --runs $(RUNS) --out $(TABLES_DIR) $(if $(ANCHORS),--anchors)
 
-figures: ## PNG + PDF figures from RUNS (results/runs) into FIGURES_DIR (results/figures); cpu-repro's go with its write-up
+figures: ## PNG + PDF figures from RUNS (RESULTS/runs) into FIGURES_DIR (RESULTS/figures); cpu-repro's go with its write-up
 	$(PY) -m src.reporting.figures --runs $(RUNS) --out $(FIGURES_DIR)
 
 notebooks: ## execute notebooks/*.ipynb on RUNS; executed copies go to results/notebooks/ (not committed)

@@ -98,7 +98,7 @@ def train_command(args, method: str, root: Path, *extra: str) -> list[str]:
         f"task.data_dir={args.data_dir}", f"method={method}", "budget=r2",
         f"trainer.max_steps={steps}", f"trainer.eval_steps={steps // 2}", "trainer.bf16=true",
         "trainer.per_device_train_batch_size=32", "task.max_eval_samples=128", "logger=none",
-        f"paths.root_dir={root}", "save_adapter=false", *extra,
+        f"paths.root_dir={root}", f"paths.results_dir={root}/results", "save_adapter=false", *extra,
     ]  # fmt: skip
     if args.pretrained:
         command.append(f"backbone.pretrained={Path(args.pretrained).resolve()}")

@@ -82,7 +82,7 @@ def test_cli_check_fails_with_one_line_saying_what_to_run(tmp_path, capsys):
     assert "glue_fixture_tiny-deberta.md is missing" in out
     assert err.strip().splitlines() == [
         f"error: {len(out.splitlines())} derived file(s) out of step with the committed records in {runs}; "
-        "run `make results` and commit what it changes (with any new records)"
+        f"run `make results RESULTS={tmp_path / 'results'}` and commit what it changes (with any new records)"
     ]
 
 

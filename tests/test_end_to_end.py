@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from src.train import train
-from tests.conftest import ROOT
+from tests.conftest import ROOT, user_runs
 
 pytestmark = pytest.mark.slow
 RECORD_KEYS = {
@@ -36,7 +36,7 @@ def cli(
 
 
 def records(root: Path) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted((root / "results" / "runs").glob("*.json"))]
+    return [json.loads(p.read_text()) for p in sorted(user_runs(root).glob("*.json"))]
 
 
 GROWTH = ["budget=r2", "method.init_warmup=2", "method.incre_interval=2"]  # R* reachable in 8 steps
@@ -58,7 +58,7 @@ def test_tiny_deberta_on_real_rte_writes_a_complete_record(cfg_factory, shared_d
         "logger=wandb",  # offline (WANDB_MODE=offline in tests): the mirror must work without an account
     )
     record = train(cfg)
-    on_disk = json.loads((tmp_path / "results" / "runs" / f"{record['run_id']}.json").read_text())
+    on_disk = json.loads((user_runs(tmp_path) / f"{record['run_id']}.json").read_text())
     assert RECORD_KEYS <= set(on_disk)
     assert on_disk["status"] == "ok" and on_disk["error"] is None
     assert on_disk["total_steps"] == 8 and [e["step"] for e in on_disk["evals"]] == [4, 8]
@@ -145,7 +145,7 @@ def test_skip_existing_reuses_an_ok_record_and_reruns_otherwise(cfg_factory, sha
     ]
     args += ["trainer.max_steps=2", "trainer.eval_steps=2", "task.max_eval_samples=16", "save_adapter=false"]
     first = train(cfg_factory(*args))
-    path = tmp_path / "results" / "runs" / f"{first['run_id']}.json"
+    path = user_runs(tmp_path) / f"{first['run_id']}.json"
     path.write_text(json.dumps({**first, "marker": "kept"}))
     again = train(cfg_factory(*args, "skip_existing=true"))
     assert again["run_id"] == first["run_id"] and again.get("marker") == "kept"

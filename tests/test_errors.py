@@ -15,6 +15,7 @@ from src.runtime.sweep_callbacks import format_summary, summarise_sweep
 from src.schema import ConfigError
 from src.tasks.sources import DataError
 from src.train import train
+from tests.conftest import user_runs
 from tests.test_end_to_end import cli, records
 
 TINY = ["backbone=tiny-deberta", "task=rte", "logger=none", "save_adapter=false", "method=lora"]
@@ -120,7 +121,7 @@ def test_a_bad_config_value_is_one_line_before_anything_loads(
     with pytest.raises(ConfigError, match=match) as caught:
         train(cfg_factory(*TINY, *SHORT, "task.data_dir=unused", *overrides))
     assert "\n" not in str(caught.value)
-    assert not (tmp_path / "results").exists()  # no record: a config that does not check is not a run
+    assert not user_runs(tmp_path).parent.exists()  # no record: a config that does not check is not a run
 
 
 def test_several_bad_values_are_named_on_the_one_line(cfg_factory, nothing_loads):
@@ -328,7 +329,7 @@ def test_cli_bad_config_value_is_one_error_line_and_no_record(tmp_path):
     assert proc.stderr.strip().splitlines() == [
         "error: trainer.per_device_train_batch_size=0 is out of range; set it to an integer >= 1"
     ]
-    assert not (tmp_path / "results").exists()
+    assert not user_runs(tmp_path).parent.exists()
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from src.runtime.checkpoints import complete_checkpoints, prepare_run_dir
-from tests.conftest import ROOT
+from tests.conftest import ROOT, user_runs
 
 # Growth from step 10 to ~step 40 (events every 5 steps), checkpoints every 10 steps: a kill after
 # checkpoint 20 lands between events, so the resumed run has to continue the allocator's state.
@@ -46,7 +46,7 @@ def env() -> dict:
 
 
 def record(root: Path) -> dict:
-    return json.loads((root / "results" / "runs" / "victim.json").read_text())
+    return json.loads((user_runs(root) / "victim.json").read_text())
 
 
 @pytest.mark.slow

@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 
 from src.runtime import trainer as runtime_trainer
 from src.runtime.tracking import summary
-from tests.conftest import ROOT
+from tests.conftest import ROOT, user_runs
 
 TRAINER = OmegaConf.load(ROOT / "configs" / "trainer" / "default.yaml")
 RECORD = {
@@ -158,6 +158,6 @@ def test_a_run_in_a_terminal_shows_bars_and_ends_with_the_summary(shared_data, t
     assert "2/2 [" in out and "it/s]" in out  # the training bar, drawn with \r
     assert "1/1 [" in out  # an evaluation bar (16 examples, one batch)
     tail = out.rstrip().split("\n")[-7:]
-    [record] = list((tmp_path / "results" / "runs").glob("*.json"))
+    [record] = list(user_runs(tmp_path).glob("*.json"))
     assert tail[0].endswith("run summary") and tail[1] == f"  run        {record.stem}  ok"
     assert tail[2].startswith("  best       accuracy ") and tail[6] == f"  record     {record}"

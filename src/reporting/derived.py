@@ -65,6 +65,8 @@ def derive(
         out.texts[Path("tables", f"{table.name}.md")] = table.to_markdown()
         out.texts[Path("tables", f"{table.name}.tex")] = table.to_latex()
     out.figures = {Path("figures", stem): fig for stem, fig in study_figures(records).items()}
+    if cpu_repro.study_frame(records).empty:  # a user's own runs (my_results/): no write-up to keep
+        return out
     report = cpu_repro.report_figures(records)
     out.figures |= {Path(cpu_repro.STUDY, "figures", stem): fig for stem, fig in report.items()}
     readme = cpu_repro.render(records, [f"{stem}.png" for stem in report], startup, tuned_startups)
@@ -132,6 +134,15 @@ def record_files(runs_dir: Path, committed_only: bool) -> list[Path]:
     return [path for path in every if path.resolve() in tracked]
 
 
+def ignored(path: Path) -> bool:
+    """Whether git ignores the folder ``path`` (false outside a git checkout)."""
+    try:
+        git = subprocess.run(["git", "check-ignore", "-q", "."], cwd=path, capture_output=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return git.returncode == 0
+
+
 def write_results(runs_dir: Path, results_dir: Path, startup: Path) -> tuple[list[Path], list[Path]]:
     """Write every derived file from the records in ``runs_dir``; remove stale ones. (written, removed)"""
     records = [load_record(path) for path in record_files(runs_dir, committed_only=False)]
@@ -180,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         if found:
             print(
                 f"error: {len(found)} derived file(s) out of step with the committed records in {args.runs}; "
-                "run `make results` and commit what it changes (with any new records)",
+                f"run `make results RESULTS={args.results}` and commit what it changes (with any new records)",
                 file=sys.stderr,
             )
             return 1
@@ -193,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         set(record_files(args.runs, committed_only=False)) - set(record_files(args.runs, committed_only=True))
     )
     print(f"wrote {len(written)} files under {args.results}")
-    if untracked:
+    if untracked and not ignored(args.runs):  # a user's folder (my_results/) is never committed
         print(f"note: {len(untracked)} of the records are not committed yet ({untracked[0].name}, ...)")
     return 0
 
