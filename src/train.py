@@ -42,6 +42,9 @@ def train(cfg: DictConfig) -> dict:
     """
     # torch, transformers, peft and datasets load here rather than at import: Hydra rejects a wrong
     # option (method=dora) before main() runs, and then answers in a second instead of ten.
+    from src.runtime.quiet import silence_known_noise
+
+    silence_known_noise(cfg.backbone.get("heads"))  # first: the imports below already print noise
     import datasets
 
     from src.runtime import distributed
@@ -49,12 +52,10 @@ def train(cfg: DictConfig) -> dict:
     from src.runtime.checkpoints import checkpoint_step, prepare_run_dir
     from src.runtime.config_schema import check_config
     from src.runtime.prepare import prepare
-    from src.runtime.quiet import silence_known_noise
     from src.runtime.tracking import RunTracker
     from src.runtime.trainer import AdapterTrainer, MethodCallback, StopCallback
 
     config = check_config(cfg)  # a bad value is one line here, before anything is loaded or written
-    silence_known_noise()
     ensure_offline_mode_if_unreachable()
     datasets.disable_progress_bars()
     run_id = cfg.run_id or default_run_id(config)

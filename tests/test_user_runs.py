@@ -1,5 +1,6 @@
 """Two places for records: a user's runs go to an untracked folder (my_results/) with their own
-tables, the shipped study stays in results/ and changes only when the project regenerates it."""
+tables, the shipped study stays in results/ and changes only when the project regenerates it; and a
+run's console is its own output, ending with the run summary (library noise goes to its log file)."""
 
 from __future__ import annotations
 
@@ -121,3 +122,31 @@ def test_an_adhoc_run_and_make_results_leave_the_checkout_clean(adhoc_run):
     status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=repo, text=True,
                             capture_output=True, check=True).stdout  # fmt: skip
     assert status == "", f"the run ({record.name}) or make results changed the checkout:\n{status}"
+
+
+@pytest.mark.slow
+def test_the_console_is_the_runs_own_output_ending_with_the_summary(adhoc_run):
+    repo, _, console = adhoc_run
+    noise = [
+        "wandb:",
+        "LOAD REPORT",
+        "Run history",
+        "Running in WANDB offline mode",
+        "is_gradient_checkpointing",
+    ]
+    assert [line for line in console.splitlines() if any(n in line for n in noise)] == []
+    tail = console.rstrip().splitlines()[-8:]
+    [record] = (repo / "my_results" / "runs").glob("*.json")
+    assert tail[0].endswith("run summary") and tail[1] == f"  run        {record.stem}  ok"
+    assert tail[6] == f"  record     my_results/runs/{record.name}"
+    assert tail[7].startswith("  W&B        offline; upload with `wandb sync ") and record.stem in tail[7]
+    # ... and the noise is in the run's log file, for when something did go wrong
+    [log] = (repo / "outputs").glob("*/*/train.log")
+    text = log.read_text()
+    for line in [
+        "LOAD REPORT",
+        "classifier.weight | MISSING",
+        "wandb: Run summary:",
+        "Running in WANDB offline",
+    ]:
+        assert line in text

@@ -107,6 +107,7 @@ class RunTracker:
                 self.path,
             )
         self.wandb = None
+        self._wandb_where = None  # the summary's W&B line: the run's URL, or how to upload it
         self._last_pattern = None
         # wall and CPU seconds that earlier attempts spent up to the checkpoint this run resumes from
         self._before = {"wall_time_s": 0.0, "cpu_time_s": 0.0}
@@ -116,12 +117,18 @@ class RunTracker:
         self._t0, self._cpu0 = started or (time.time(), time.process_time())
         if logger_cfg.get("backend") == "wandb" and self.main:
             self.wandb = self._init_wandb(run_id, config, logger_cfg, output_dir)
+            # all that W&B's own lines (now in the log file) tell the user to do
+            offline = f"offline; upload with `wandb sync {self.wandb.sync_dir}`"
+            self._wandb_where = offline if self.wandb.offline else str(self.wandb.url)
         self.flush()
 
     @staticmethod
     def _init_wandb(run_id, config, cfg, output_dir):
         import wandb
 
+        from src.runtime.quiet import wandb_to_log_file
+
+        wandb_to_log_file(wandb)  # its header and end-of-run summary: the log file, not the console
         mode = os.environ.get("WANDB_MODE") or cfg.mode
         if mode == "online" and not _wandb_credentials():
             log.warning(
@@ -275,7 +282,8 @@ class RunTracker:
         log.info(self.summary())
 
     def summary(self) -> str:
-        return summary(self.record, self.path)
+        text = summary(self.record, self.path)
+        return text + f"\n  {'W&B':<10} {self._wandb_where}" if self._wandb_where else text
 
     def _log_rank_heatmap(self, wandb) -> None:
         """The final rank allocation as an image (src/reporting/figures.py); a plotting error never fails a run."""
