@@ -4,6 +4,8 @@ run's console is its own output, ending with the run summary (library noise goes
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
 import shutil
 import subprocess
@@ -15,6 +17,11 @@ from omegaconf import OmegaConf
 
 from src.records import config_hash
 from tests.conftest import ROOT, compose_config, user_runs
+
+_spec = importlib.util.spec_from_file_location("make_tables", ROOT / "scripts" / "make_tables.py")
+make_tables = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(make_tables)
+with_user_defaults = make_tables.with_user_defaults
 
 GIT = ["git", "-c", "user.email=t@t", "-c", "user.name=t"]
 
@@ -41,6 +48,29 @@ def test_a_run_writes_to_the_users_folder_and_make_results_builds_that_folder():
     assert "--runs results/runs --results results" in make_dry_run("results", "RESULTS=results")
     assert "--runs results/runs --results results --check" in make_dry_run("check-results")
     assert "--runs results/runs --results results --check" in make_dry_run("check-results", "RESULTS=x")
+
+
+def test_the_tables_script_defaults_to_the_users_folder_too(tmp_path):
+    runs = user_runs(tmp_path)
+    runs.mkdir(parents=True)
+    record = json.loads(next((ROOT / "results" / "runs").glob("rte-lora-minilm-l6-*.json")).read_text())
+    (runs / f"{record['run_id']}.json").write_text(
+        json.dumps({**record, "config": {**record["config"], "study": "mine"}})
+    )
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "make_tables.py")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stderr
+    assert (runs.parent / "tables" / "glue_mine_minilm-l6.md").is_file()
+    assert with_user_defaults(["--out=elsewhere", "--anchors"]) == [
+        "--runs",
+        "my_results/runs",
+        "--out=elsewhere",
+        "--anchors",
+    ]
 
 
 @pytest.mark.parametrize(
