@@ -319,7 +319,7 @@ def test_shared_storage_gathers_each_layer_blocks_exactly():
 def test_shared_storage_gradient_is_exact_through_padding(penalised):
     """The gather's hand-written backward (row writes, skipped padding, the regulariser's closed
     form) against finite differences, in float64."""
-    from src.methods.triadapt.storage import _Gather
+    from src.methods.growing.store import Gather
 
     store, _ = shared_store()
     plan = store.plan()
@@ -328,11 +328,11 @@ def test_shared_storage_gradient_is_exact_through_padding(penalised):
     g = torch.Generator().manual_seed(1)
     weights = [
         torch.randn(out.shape, generator=g, dtype=torch.float64)
-        for out in _Gather.apply(plan, penalised, *events)
+        for out in Gather.apply(plan, penalised, plan.tail, *events)
     ]
 
     def weighted(*inputs):
-        outputs = _Gather.apply(plan, penalised, *inputs)
+        outputs = Gather.apply(plan, penalised, plan.tail, *inputs)
         return sum((out * w).sum() for out, w in zip(outputs, weights, strict=True))
 
     assert torch.autograd.gradcheck(weighted, events)
