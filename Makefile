@@ -47,7 +47,7 @@ test-fast: ## the tests without end-to-end runs
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 WANDB_MODE=offline \
 		$(PY) -m pytest -q -m "not slow and not heavy"
 
-bench-overhead: ## step time / peak memory / allocation-event time per method -> results/bench/overhead.{json,md}
+bench-overhead: ## step time / peak memory / allocation-event time per method -> results/bench/overhead<tag>.{json,md} (BENCH_ARGS="--tag ...")
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) scripts/bench_overhead.py $(BENCH_ARGS)
 
 gpu-check: ## on a CUDA machine: the overhead benchmark (r̄ 8/2, fp32/bf16) and all four methods end to end in bf16 -> results/gpu-check/ (< 8 min)

@@ -13,7 +13,7 @@
 Everything lands in one folder (``--out``), with ``gpu_check.md`` summarising it and the exit code
 saying whether every part passed. ``--device cpu --quick`` runs the same plumbing small on a CPU
 (what tests/test_gpu_check.py does). On the lent device machine, which has neither the Hub nor this
-project's packages, run it through ``scripts/gpu_check_device.sh`` (README, "GPU check").
+project's packages, run it through ``scripts/gpu_check_device.sh`` (docs/benchmarks.md, "GPU check").
 """
 
 from __future__ import annotations

@@ -263,7 +263,7 @@ def lr_selection_section(records: list[dict]) -> list[str]:
     return [
         f"## Tuned protocol, stage 1: learning-rate selection{' (under way)' if to_run else ''}",
         "",
-        "One rule for every method × task (README, *The tuned protocol*): r̄ 8, seed 41, lr ∈ {1e-3, 3e-3, "
+        "One rule for every method × task (docs/cpu-study.md, *The tuned protocol*): r̄ 8, seed 41, lr ∈ {1e-3, 3e-3, "
         "1e-2}; a best LR at an edge adds the next point beyond it (3e-4 or 3e-2); the best dev score "
         "selects, the smaller LR on a tie. † marks a reused record (the fixed-lr study at 1e-3, the earlier "
         "RTE check at 1e-2, both the same configuration); bold is the selected LR. A cell's main-grid runs "
