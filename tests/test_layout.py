@@ -6,6 +6,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 # The layers, top to bottom: a package may import only from packages listed after it in its own row.
@@ -20,9 +22,9 @@ ALLOWED = {
         "src.lr_schedule",
         "src.schema",
     },
-    "src.methods": {"src.lr_schedule", "src.target_names"},
+    "src.methods": {"src.lr_schedule", "src.target_names", "src.registry"},
     "src.tasks": {"src.hub", "src.schema"},
-    "src.reporting": {"src.records", "src.target_names"},
+    "src.reporting": {"src.records", "src.target_names", "src.registry"},
 }
 
 
@@ -167,3 +169,24 @@ def test_the_target_name_rule_is_written_once():
         if path.name != "target_names.py" and 'endswith("." + ' in path.read_text()
     ]
     assert not copies, f"suffix-matching rule written outside src/target_names.py: {copies}"
+
+
+def test_every_method_has_one_registry_entry_and_reporting_reads_it():
+    """Adding a method: its module, its YAML and its entry in src/registry.py (label, colour, defaults)."""
+    from src.methods.base import METHODS as REGISTERED
+    from src.methods.base import register
+    from src.registry import ENTRIES
+    from src.reporting.figures import METHOD_COLOR
+    from src.reporting.tables import DEFAULT_AXES, METHOD_LABEL, METHOD_ORDER
+
+    assert (
+        set(REGISTERED)
+        == set(ENTRIES)
+        == {p.stem for p in (SRC.parent / "configs" / "method").glob("*.yaml")}
+    )
+    assert METHOD_ORDER == list(ENTRIES)
+    assert METHOD_LABEL == {name: e.label for name, e in ENTRIES.items()}
+    assert METHOD_COLOR == {name: e.colour for name, e in ENTRIES.items()}
+    assert DEFAULT_AXES["triadapt"] == dict(ENTRIES["triadapt"].default_axes)
+    with pytest.raises(ValueError, match="no entry in src/registry.py"):
+        register("unlisted")

@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from src.registry import ENTRIES
 from src.target_names import matches
 
 METHODS: dict[str, type[AdapterMethod]] = {}
@@ -26,7 +27,10 @@ TRAINING_STATE_FILE = "method_state.pt"  # allocator state in a training checkpo
 
 
 def register(name: str):
-    """Class decorator: make a method available as ``method=<name>``."""
+    """Class decorator: make a method available as ``method=<name>``; its entry in src/registry.py
+    (label, colour, default options) must exist, so tables and figures can show its runs."""
+    if name not in ENTRIES:
+        raise ValueError(f"method {name!r} has no entry in src/registry.py; add its label and colour there")
 
     def wrap(cls: type[AdapterMethod]) -> type[AdapterMethod]:
         cls.name = name

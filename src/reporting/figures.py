@@ -28,6 +28,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from src.records import atomic_write
+from src.registry import ENTRIES
 from src.reporting.budgets import OFF_TARGET_MARK, final_and_target, off_target, off_target_text
 from src.reporting.tables import (
     METHOD_LABEL,
@@ -56,7 +57,7 @@ PAGE_WIDTH = 7.0  # inches: a two-column paper's text width
 # the write-up by src/reporting/cpu_repro/); results/figures/ holds every other study's: one place
 # per figure.
 STUDIES_WITH_WRITEUP = ("cpu-repro",)
-METHOD_COLOR = {"lora": "#4c72b0", "adalora": "#dd8452", "increlora": "#55a868", "triadapt": "#c44e52"}
+METHOD_COLOR = {name: entry.colour for name, entry in ENTRIES.items()}
 LAYER_RE = re.compile(r"(?:^|\.)(?:layer|layers|h|block|blocks)\.(\d+)(?:\.|$)")
 SHORT_TYPE = {  # target module suffix -> column label
     "query": "Q", "query_proj": "Q", "q_proj": "Q", "q": "Q",

@@ -7,25 +7,15 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from src.registry import ENTRIES
+
 DASH = "—"  # a missing cell: no run, or no value for that metric; never 0
-METHOD_ORDER = ["lora", "adalora", "increlora", "triadapt"]
-METHOD_LABEL = {"lora": "LoRA", "adalora": "AdaLoRA", "increlora": "IncreLoRA", "triadapt": "TriAdaptLoRA"}
+METHOD_ORDER = list(ENTRIES)  # labels, order and defaults: each method's entry in src/registry.py
+METHOD_LABEL = {name: entry.label for name, entry in ENTRIES.items()}
 ADHOC = "adhoc"  # the study of records that no sweep config tagged
 SCHEDULE_ABLATION_METHOD = "triadapt"  # the paper's ablation: TriAdaptLoRA's threshold schedule (spec §6)
 
-# The main tables compare each method at its defaults; records that change one of these axes are
-# ablations (spec §6) and only appear in the ablation tables. A key missing from a record's config
-# counts as the default (records written before the option existed).
-DEFAULT_AXES = {
-    "triadapt": {
-        "schedule": "linear",
-        "score": "increment",
-        "init": "identity",
-        "scaling": "rank",
-        "new_params_lr": "follow",
-    },
-    "increlora": {"score": "sensitivity"},  # score=random is the allocation control (spec §5.5)
-}
+DEFAULT_AXES = {name: dict(entry.default_axes) for name, entry in ENTRIES.items() if entry.default_axes}
 SCHEDULES = ["linear", "exponential", "fixed"]
 
 
