@@ -23,6 +23,8 @@ from torch import nn
 from src.lr_schedule import GroupLambdaLR, linear_warmup_decay
 from src.methods import get_method, growing
 from src.methods.increlora import IncreLoRA, IncreLoRAConfig, IncreLoRALinear
+from src.methods.increlora.model import STORE_NAME
+from src.methods.increlora.storage import FROZEN
 from src.runtime.backbones import load_model
 from tests.conftest import ToyMLP
 
@@ -293,18 +295,30 @@ def test_sensitivity_matches_direct_autograd(score_norm):
 # ---------------------------------------------------------------------------------------------------
 # §7.4 gradients, spare behaviour
 # ---------------------------------------------------------------------------------------------------
+def holder(layer: IncreLoRALinear, rows) -> torch.Tensor:
+    """The tensor that holds ``rows`` of ``layer``'s store: an event tensor, or the frozen buffer."""
+    return layer.store.frozen if rows.event == FROZEN else getattr(layer.store, f"event_{rows.event}")
+
+
+def state_at(optimizer, layer: IncreLoRALinear, rows, numel: int, key: str = "exp_avg") -> torch.Tensor:
+    """The optimizer state of the ``numel`` values at ``rows`` (a copy)."""
+    return optimizer.state[holder(layer, rows)][key][rows.offset : rows.offset + numel].clone()
+
+
 def test_only_adapter_spare_and_head_params_get_gradients():
     method, model = adapted("deberta")
     layers = method.layers(model)
-    expected = set()
-    for name, layer in layers.items():
-        for pname, _ in layer.named_parameters(prefix=name):
-            if not pname.startswith(name + ".base_layer.") and not pname.endswith("spare_E"):
-                expected.add(pname)
-    expected |= {n for n, _ in model.named_parameters() if ".trained_module." in n}
-    assert any(n.endswith("spare_A") for n in expected) and any("classifier" in n for n in expected)
+    expected = {
+        n for n, _ in model.named_parameters() if n.startswith(STORE_NAME + ".") or ".trained_module." in n
+    }
+    assert any(n.startswith(STORE_NAME) for n in expected) and any("classifier" in n for n in expected)
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if n not in expected}
     trainable = {n: p.detach().clone() for n, p in model.named_parameters() if n in expected}
+    views = {
+        name: [layer.lora_A[0], layer.lora_B[0], layer.spare_A, layer.spare_B]
+        for name, layer in layers.items()
+    }
+    before = {name: [v.detach().clone() for v in vs] for name, vs in views.items()}
 
     model.train()
     model(**deberta_batch(1)).loss.backward()
@@ -315,60 +329,81 @@ def test_only_adapter_spare_and_head_params_get_gradients():
     train(method, model, optimizer, scheduler, steps=3, batch=deberta_batch)
     params = dict(model.named_parameters())
     assert all(torch.equal(params[n], v) for n, v in frozen.items())
-    unchanged = [n for n, v in trainable.items() if torch.equal(params[n], v)]
-    assert unchanged == []  # E = 0 at init: A and B move from step 2
+    assert [n for n, v in trainable.items() if torch.equal(params[n], v)] == []
+    for name, vs in views.items():  # E = 0 at init: A and B move from step 2; the spare trains ahead
+        assert not any(torch.equal(v, b) for v, b in zip(vs, before[name], strict=True)), name
+    # the spare's E sits in no optimizer tensor: weight decay and momentum cannot reach it
     assert all(torch.all(layer.spare_E == 1e-5) for layer in layers.values())
+    assert all(
+        holder(layer, layer.store.spares[layer.slot].e) is layer.store.frozen for layer in layers.values()
+    )
 
 
 def test_spare_trains_ahead_and_activates_with_its_optimizer_state():
-    method, model = adapted("toy", init_warmup=10, total_step=30)
+    method, model = adapted("toy", init_warmup=10, total_step=30)  # activated_group = birth
     optimizer, scheduler = make_optim(method, model, total=30)
-    layer = method.layers(model)["lin1"]
-    a, e, b = layer.spare_A, layer.spare_E, layer.spare_B
-    a0, b0 = a.detach().clone(), b.detach().clone()
+    layer, store = method.layers(model)["lin1"], method.store(model)
+    a0, b0 = layer.spare_A.detach().clone(), layer.spare_B.detach().clone()
     train(method, model, optimizer, scheduler, steps=3)
+    a, b, spare = layer.spare_A, layer.spare_B, store.spares[layer.slot]
     assert not torch.equal(a, a0) and not torch.equal(b, b0)
-    assert torch.all(e == 1e-5) and e.grad is None and not e.requires_grad
-    exp_avg = optimizer.state[a]["exp_avg"].clone()
+    assert torch.all(layer.spare_E == 1e-5)
+    exp_avg = state_at(optimizer, layer, spare.a, a.numel())
+    step = optimizer.state[holder(layer, spare.a)]["step"].clone()
 
     groups_before = len(optimizer.param_groups)
     event = method.allocate(model, optimizer, scheduler, 4, {"lin0": 0.0, "lin1": 1.0})
     assert event["grown"] == {"lin1": 1} and not event["growth_done"]  # R = 3 < R* = 4
     assert layer.rank == 2 and layer.scaling == 8 / 2
-    assert layer.lora_A[1] is a and layer.lora_E[1] is e and layer.lora_B[1] is b  # identity kept
-    assert torch.equal(optimizer.state[a]["exp_avg"], exp_avg)  # optimizer state kept
-    assert e.requires_grad and torch.all(e == 1e-5)  # activation does not touch the value
-    fresh = layer.spare_parameters()
+    block = store.blocks[layer.slot][1]
+    # the spare's A and B rows became the block where they were, with their Adam moments and step
+    assert (block.a, block.bt) == (spare.a, spare.bt)
+    assert layer.lora_A[1].data_ptr() == a.data_ptr() and layer.lora_B[1].data_ptr() == b.data_ptr()
+    assert torch.equal(state_at(optimizer, layer, block.a, a.numel()), exp_avg)
+    assert torch.equal(optimizer.state[holder(layer, block.a)]["step"], step)
+    # its E left the frozen buffer for a tensor of its own, fresh, in the spare's group (birth)
+    e_tensor = holder(layer, block.e)
+    assert e_tensor is not store.frozen and e_tensor.requires_grad and not optimizer.state.get(e_tensor)
+    assert torch.all(layer.lora_E[1] == 1e-5)  # activation does not touch the value
+    decay = next(i for i, g in enumerate(optimizer.param_groups) if g["name"] == "decay")
+    assert [i for i, g in enumerate(optimizer.param_groups) if any(p is e_tensor for p in g["params"])] == [
+        decay
+    ]
+    # the fresh spare: one new tensor in one new group, its E frozen again
     assert len(optimizer.param_groups) == groups_before + 1
-    assert [id(p) for p in optimizer.param_groups[-1]["params"]] == [id(p) for p in fresh]
-    assert torch.all(layer.spare_E == 1e-5) and not layer.spare_E.requires_grad
+    assert optimizer.param_groups[-1]["params"] == [holder(layer, store.spares[layer.slot].a)]
+    assert torch.all(layer.spare_E == 1e-5) and holder(layer, store.spares[layer.slot].e) is store.frozen
     train(method, model, optimizer, scheduler, steps=2, start=5)
-    assert not torch.all(e == 1e-5)  # E trains once active
+    assert not torch.all(layer.lora_E[1] == 1e-5)  # E trains once active
 
 
-def test_clipped_last_growth_splits_the_spare_and_moves_its_optimizer_rows():
+def test_clipped_last_growth_splits_the_spare_and_keeps_its_optimizer_rows():
     # M = 2, r̄ = 8, k = 4: R goes 2 → 6 → 10 → 14 → 16, the last growth takes 2 of the 4 spare rows
     method, model = adapted("toy", target_rank=8, top_h=1, init_warmup=30, incre_interval=1, total_step=40)
     optimizer, scheduler = make_optim(method, model, total=40)
     train(method, model, optimizer, scheduler, steps=2)
     for t in (12, 14, 16):
         method.allocate(model, optimizer, scheduler, t, {"lin0": 1.0, "lin1": 0.0})
-    layer = method.layers(model)["lin0"]
+    layer, store = method.layers(model)["lin0"], method.store(model)
     assert (layer.rank, sum(ranks(method, model).values())) == (13, 14)
     train(method, model, optimizer, scheduler, steps=2, start=17)  # the latest spare gets Adam state
-    old_a, old_b = layer.spare_A, layer.spare_B
-    rows_a = optimizer.state[old_a]["exp_avg"][:2].clone()
-    cols_b = optimizer.state[old_b]["exp_avg_sq"][:, :2].clone()
-    group = next(g for g in optimizer.param_groups if any(p is old_a for p in g["params"]))
+    spare = store.spares[layer.slot]
+    rows_a = state_at(optimizer, layer, spare.a, 2 * layer.in_features)
+    rows_b = state_at(optimizer, layer, spare.bt, 2 * layer.out_features, "exp_avg_sq")
     event = method.allocate(model, optimizer, scheduler, 20, {"lin0": 1.0, "lin1": 0.0})
     assert event["grown"] == {"lin0": 2} and event["growth_done"] and event["total_rank"] == 16
     assert layer.block_sizes() == [1, 4, 4, 4, 2] and layer.spare_size == 2
-    new_a, new_b = layer.lora_A[-1], layer.lora_B[-1]
-    assert any(p is new_a for p in group["params"]) and not any(p is old_a for p in group["params"])
-    assert torch.equal(optimizer.state[new_a]["exp_avg"], rows_a)
-    assert torch.equal(optimizer.state[new_b]["exp_avg_sq"], cols_b)
-    assert torch.all(layer.spare_E == 0) and not any(p.requires_grad for p in layer.spare_parameters())
-    train(method, model, optimizer, scheduler, steps=1, start=21)  # the split tensors train on
+    block = store.blocks[layer.slot][-1]
+    assert (block.a, block.bt) == (spare.a, spare.bt)  # the first 2 spare rows, in place
+    assert torch.equal(state_at(optimizer, layer, block.a, 2 * layer.in_features), rows_a)
+    assert torch.equal(state_at(optimizer, layer, block.bt, 2 * layer.out_features, "exp_avg_sq"), rows_b)
+    # freeze: the other 2 rows left the optimizer's tensors for the frozen buffer, E = 0
+    rest = store.spares[layer.slot]
+    assert all(holder(layer, r) is store.frozen for r in rest[1:])
+    assert torch.all(layer.spare_E == 0) and method.budget(model)["trainable_spare"] == 0
+    frozen_a = layer.spare_A.detach().clone()
+    train(method, model, optimizer, scheduler, steps=1, start=21)  # the split rows train on
+    assert torch.equal(layer.spare_A, frozen_a)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -536,6 +571,24 @@ def test_save_load_in_a_fresh_process(tmp_path):
         assert budgets[tag] == {**method.budget(model), "growing": method.growing(model)}
 
 
+@pytest.mark.parametrize("top_h", [3, 12])  # saved mid-growth (spares) and after it
+def test_adapter_saved_before_the_packed_storage_loads(tmp_path, top_h):
+    """Adapters written by the per-block layout have the same tensors under the same keys, and no
+    ``store_layout``: they load into one event per block, with the same outputs."""
+    method, model = adapted("deberta", seed=0, top_h=top_h)
+    train(method, model, *make_optim(method, model, lr=5e-2), steps=4, batch=deberta_batch)
+    method.save(model, str(tmp_path))
+    path = tmp_path / growing.CONFIG_FILE
+    meta = json.loads(path.read_text())
+    assert meta.pop("store_layout")["events"]
+    path.write_text(json.dumps(meta))
+    loaded = method.load(deberta(0), str(tmp_path))
+    assert sorted(loaded.state_dict()) == sorted(model.state_dict())
+    assert method.budget(loaded) == method.budget(model)
+    batch = deberta_batch(66)
+    torch.testing.assert_close(logits(loaded, batch), logits(model, batch))
+
+
 def test_load_rejects_corrupted_patterns(tmp_path):
     method, model = adapted("toy")
     train(method, model, *make_optim(method, model), steps=4)
@@ -620,10 +673,10 @@ def test_advance_learning_off_creates_triplets_at_selection():
     layer = method.layers(model)["lin0"]
     assert layer.block_sizes() == [1, 2, 2, 2] and sorted(events) == [1, 2, 3]
     assert torch.all(layer.lora_E[-1] == 0) and layer.lora_E[-1].requires_grad
-    new_group = optimizer.param_groups[-1]
-    assert [id(p) for p in new_group["params"]] == [
-        id(p) for p in (layer.lora_A[-1], layer.lora_E[-1], layer.lora_B[-1])
-    ]
+    # the event's triplets, A, E and B, are one new tensor in one new group
+    block = method.store(model).blocks[layer.slot][-1]
+    assert block.a.event == block.bt.event == block.e.event
+    assert optimizer.param_groups[-1]["params"] == [holder(layer, block.a)]
 
 
 def test_same_seed_gives_identical_growth_and_outputs():
@@ -680,11 +733,10 @@ def test_new_group_lr_per_mode(mode):
     decay, new = optimizer.param_groups[0], optimizer.param_groups[2]
     for key in ("weight_decay", "betas", "eps", "initial_lr"):
         assert new[key] == decay[key]
-    spare_ids = {id(p) for p in snap["params"]}
-    assert spare_ids == {id(p) for p in method.layers(model)["lin1"].lora_A[-1:]} | {
-        id(method.layers(model)["lin1"].lora_B[-1]),
-        id(method.layers(model)["lin1"].lora_E[-1]),
-    }
+    # the fresh spare's tensor (born at t=4) and, at t=6, the E activated from it (birth): lin1's newest block
+    layer = method.layers(model)["lin1"]
+    block = method.store(model).blocks[layer.slot][-1]
+    assert [id(p) for p in snap["params"]] == [id(holder(layer, block.a)), id(holder(layer, block.e))]
     after_birth = [row[2] for row in trace[3:]]  # LRs used by steps 5 .. T, then the value at T
     global_lr = [row[0] for row in trace[3:]]
     if mode == "restart_warmup":
@@ -696,8 +748,8 @@ def test_new_group_lr_per_mode(mode):
         assert all(lr == pytest.approx(1e-2) for lr in after_birth)
     if mode != "static":
         assert all(lr == 0.0 for lr in trace[-1])  # everything scheduled reaches 0 at T
-    moved = [not torch.equal(p, p0) for p, p0 in zip(snap["params"], snap["new"], strict=True)]
-    assert all(moved)  # a, b trained as a spare; E once activated at t=6
+    moved = [not torch.equal(p, p0) for p, p0 in zip(snap["params"], snap["new"], strict=False)]
+    assert all(moved) and not torch.all(layer.lora_E[-1] == 1e-5)  # a, b trained as a spare; E once activated
 
 
 # ---------------------------------------------------------------------------------------------------

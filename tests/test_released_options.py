@@ -79,7 +79,7 @@ def test_increlora_unclipped_takes_at_most_the_remaining_ranks_in_modules():
     )
     layers = list(method.layers(model).values())
     for layer in layers[:10]:  # R = 12 + 10 = 22: two ranks remain, so two modules grow by k
-        layer.append_block(*layer.new_triplets(1, e_value=0.0, e_trainable=True))
+        layer.store.new_event([(layer.slot, "block", layer.new_values(1, 0.0))])
     event = method.allocate(model, None, None, 4, {n: 0.0 for n in method.layers(model)})
     assert list(event["grown"].values()) == [4, 4] and event["total_rank"] == 30
 
@@ -96,14 +96,19 @@ def first_event(**kw):
     return method, model, optimizer, method.layers(model)[grown]
 
 
+def e_holder(layer) -> torch.Tensor:
+    """The store tensor that holds the E of ``layer``'s newest block."""
+    return getattr(layer.store, f"event_{layer.store.blocks[layer.slot][-1].e.event}")
+
+
 def groups_holding(optimizer, param) -> list[int]:
     return [i for i, g in enumerate(optimizer.param_groups) if any(p is param for p in g["params"])]
 
 
 def test_activated_E_joins_the_event_group_and_restarts_its_warmup():
     method, model, optimizer, layer = first_event(activated_group="new")
-    activated = layer.lora_E[-1]
-    assert activated.requires_grad
+    activated = e_holder(layer)
+    assert activated.requires_grad and layer.lora_E[-1].requires_grad
     assert groups_holding(optimizer, activated) == [len(optimizer.param_groups) - 1]
     assert optimizer.param_groups[-1]["lr"] == 0.0  # restart warmup: λ = 0 at the birth step
 
@@ -111,7 +116,7 @@ def test_activated_E_joins_the_event_group_and_restarts_its_warmup():
 def test_activated_group_birth_keeps_E_in_its_spare_group():
     method, model, optimizer, layer = first_event(activated_group="birth")
     decay = next(i for i, g in enumerate(optimizer.param_groups) if g["name"] == "decay")
-    assert groups_holding(optimizer, layer.lora_E[-1]) == [decay]
+    assert groups_holding(optimizer, e_holder(layer)) == [decay]
     assert optimizer.param_groups[decay]["lr"] > 0
 
 

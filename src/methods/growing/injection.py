@@ -264,6 +264,14 @@ def budget_report(model: nn.Module, target_total_rank: int | None) -> dict:
     spare_ids = {id(p) for layer in layers.values() for p in layer.spare_parameters()}
     adapter = spare = head = 0
     seen = set()  # a layer may own its storage (a layer used alone): count each tensor once
+    held = 0  # what self-counting stores hold beyond their active and spare values
+    for store in stores.values():
+        counts = getattr(store, "budget_counts", None)
+        if counts is not None:  # a packed store (IncreLoRA) counts as the per-block layout did
+            c = counts()
+            adapter, spare = adapter + c["adapter"], spare + c["spare"]
+            held += c["held"] - c["adapter"] - c["spare"]
+            seen.update(id(p) for p in store.parameters())
     for module in (*layers.values(), *stores.values()):
         for name, p in module.named_parameters():
             if p.requires_grad and not name.startswith("base_layer.") and id(p) not in seen:
@@ -276,7 +284,7 @@ def budget_report(model: nn.Module, target_total_rank: int | None) -> dict:
         head += sum(p.numel() for p in wrapper.trained_module.parameters() if p.requires_grad)
     for wrapper in peft_heads(model).values():  # the tuners' heads: peft's modules_to_save
         head += sum(p.numel() for p in wrapper.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters() if p.requires_grad) - held
     if adapter + spare + head != total:
         stray = [
             n

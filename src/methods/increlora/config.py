@@ -123,15 +123,18 @@ class IncreLoraConfig(GrowingPeftConfig, PeftConfig, IncreLoRAConfig):
 
     Set ``target_modules``, ``total_step`` (optimizer steps T) and ``modules_to_save`` for a task
     head. ``rank_pattern`` (module -> block sizes), ``spare_pattern`` (module -> spare size) and
-    ``growth_done`` are filled by the tuner as the adapter grows; leave them unset for a new one.
+    ``growth_done`` are filled by the tuner as the adapter grows, with ``store_layout`` (where each
+    triplet lives in the packed storage, so that a resumed optimizer finds its tensors); leave them
+    unset for a new one. Adapters saved without ``store_layout`` still load.
     """
 
     rank_pattern: dict | None = None
     spare_pattern: dict | None = None
     growth_done: bool | None = None
+    store_layout: dict | None = None
 
     method_config_class: ClassVar[type] = IncreLoRAConfig
-    layout_fields: ClassVar[tuple[str, ...]] = ("spare_pattern", "growth_done")
+    layout_fields: ClassVar[tuple[str, ...]] = ("spare_pattern", "growth_done", "store_layout")
 
     def __post_init__(self):
         PeftConfig.__post_init__(self)

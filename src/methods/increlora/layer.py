@@ -10,79 +10,127 @@ from torch import nn
 
 from src.methods import growing
 from src.methods.increlora.config import IncreLoRAConfig
+from src.methods.increlora.storage import IncreLoRABlocks
 
 
 class IncreLoRALinear(growing.AdapterLinear):
     """A frozen ``nn.Linear`` plus growing triplet blocks and, while growing, one spare block.
 
-    Active blocks live in ``lora_A/E/B`` (ParameterLists, one entry per block), so growth appends and
-    never reallocates: existing tensors keep their identity and optimizer state. The spare lives in
-    ``spare_A/E/B``; its E is frozen at ``spare_lambda``, so its a and b get a small but non-zero
-    gradient and train ahead of activation while it moves the output by only ~1e-5.
+    The triplets live in an ``IncreLoRABlocks`` that the model's layers share (one tensor per
+    allocation event); ``lora_A`` / ``lora_E`` / ``lora_B`` and ``spare_A`` / ``spare_E`` /
+    ``spare_B`` are views into it, and the state dict holds them under those per-block names, as
+    before the packed storage. The spare's E is frozen at ``spare_lambda``, so its a and b get a
+    small but non-zero gradient and train ahead of activation while it moves the output by ~1e-5.
     """
 
-    def __init__(self, base_layer: nn.Linear, config: IncreLoRAConfig):
+    def __init__(self, base_layer: nn.Linear, config: IncreLoRAConfig, store: IncreLoRABlocks | None = None):
         super().__init__(base_layer)
         self.lora_alpha = float(config.lora_alpha)
         self.init_std = float(config.init_std)
         self.spare_lambda = float(config.spare_lambda)
         self.keep_spares = config.spares_after_growth == "keep"
         self.lora_dropout = nn.Dropout(config.lora_dropout) if config.lora_dropout > 0 else nn.Identity()
-        self.lora_A = nn.ParameterList()
-        self.lora_E = nn.ParameterList()
-        self.lora_B = nn.ParameterList()
-        for name in ("spare_A", "spare_E", "spare_B"):
-            self.register_parameter(name, None)
+        own = store is None
+        store = IncreLoRABlocks() if own else store
+        if own:
+            self.blocks = store  # a submodule: its tensors are this layer's parameters
+        else:
+            self.__dict__["store_ref"] = store  # shared: the model owns it, not each layer
         self.growing = False  # growth phase: ΔW built explicitly, G captured, spare in the forward
         self.grad_sum: torch.Tensor | None = None  # Σ over micro-batches of ∂L/∂ΔW
         self.exp_avg_ipt: torch.Tensor | float = 0.0  # Ī
         self.exp_avg_unc: torch.Tensor | float = 0.0  # Ū
         # AdaLoRA's layer init, inherited by the reference: A, B Gaussian, E = 0, so ΔW = 0 at start
-        self.append_block(*self.new_triplets(config.init_rank, e_value=0.0, e_trainable=True))
+        self.slot = store.add_layer(self, config.init_rank)
+        if own:
+            store.commit()
+
+    @property
+    def store(self) -> IncreLoRABlocks:
+        shared = self.__dict__.get("store_ref")
+        return shared if shared is not None else self.blocks
 
     # -- structure -------------------------------------------------------------------------------
-    def new_triplets(self, g: int, e_value: float, e_trainable: bool) -> tuple[nn.Parameter, ...]:
-        """g fresh triplets in fp32: a (g×d_in), b (d_out×g) ~ N(0, σ²), E = e_value."""
+    def new_values(self, g: int, e_value: float) -> dict[str, torch.Tensor]:
+        """g fresh triplets in fp32: a (g×d_in), b (d_out×g) ~ N(0, σ²), E = e_value, drawn in the
+        per-block layout's order (a, then b) so that a seeded run draws the same numbers."""
         device = self.base_layer.weight.device
         a = torch.empty(g, self.in_features, device=device).normal_(0.0, self.init_std)
         b = torch.empty(self.out_features, g, device=device).normal_(0.0, self.init_std)
-        e = torch.full((g,), float(e_value), device=device)
-        return nn.Parameter(a), nn.Parameter(e, requires_grad=e_trainable), nn.Parameter(b)
+        return {"a": a, "bt": b.t(), "e": torch.full((g,), float(e_value), device=device)}
 
-    def append_block(self, a: nn.Parameter, e: nn.Parameter, b: nn.Parameter) -> None:
-        self.lora_A.append(a)
-        self.lora_E.append(e)
-        self.lora_B.append(b)
+    def zero_values(self, g: int) -> dict[str, torch.Tensor]:
+        """Shapes for a load: the values come from the file."""
+        device = self.base_layer.weight.device
+        return {
+            "a": torch.zeros(g, self.in_features, device=device),
+            "bt": torch.zeros(g, self.out_features, device=device),
+            "e": torch.zeros(g, device=device),
+        }
 
-    def set_spare(self, size: int) -> list[nn.Parameter]:
-        """Replace the spare by ``size`` fresh triplets (E frozen at spare_lambda); 0 removes it."""
-        if size == 0:
-            self.spare_A = self.spare_E = self.spare_B = None
-            return []
-        self.spare_A, self.spare_E, self.spare_B = self.new_triplets(
-            size, self.spare_lambda, e_trainable=False
-        )
-        return self.spare_parameters()
+    def _triplets(self) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        return [self.store.triplet_tensors(self.slot, t) for t in self.store.blocks[self.slot]]
+
+    def _spare(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        spare = self.store.spares[self.slot]
+        return None if spare is None else self.store.triplet_tensors(self.slot, spare)
+
+    # Per-block views into the store (writes go through), in block order.
+    @property
+    def lora_A(self) -> list[torch.Tensor]:
+        return [a for a, _, _ in self._triplets()]
+
+    @property
+    def lora_E(self) -> list[torch.Tensor]:
+        return [e for _, e, _ in self._triplets()]
+
+    @property
+    def lora_B(self) -> list[torch.Tensor]:
+        return [bt.t() for _, _, bt in self._triplets()]
+
+    @property
+    def spare_A(self) -> torch.Tensor | None:
+        spare = self._spare()
+        return None if spare is None else spare[0]
+
+    @property
+    def spare_E(self) -> torch.Tensor | None:
+        spare = self._spare()
+        return None if spare is None else spare[1]
+
+    @property
+    def spare_B(self) -> torch.Tensor | None:
+        spare = self._spare()
+        return None if spare is None else spare[2].t()
 
     def block_sizes(self) -> list[int]:
-        return [a.shape[0] for a in self.lora_A]
+        return [t.k for t in self.store.blocks[self.slot]]
 
     def restore_blocks(self, blocks: list[int]) -> None:
-        for size in blocks[len(self.lora_A) :]:
-            self.append_block(*self.new_triplets(size, e_value=0.0, e_trainable=True))
+        """Shapes only, one event per added block (an adapter saved without a store layout)."""
+        for size in blocks[len(self.block_sizes()) :]:
+            self.store.new_event([(self.slot, "block", self.zero_values(size))])
+
+    def set_spare(self, size: int) -> None:
+        """Replace the spare by ``size`` zeros (shapes for a load; E in ``frozen``); 0 removes it."""
+        self.store.spares[self.slot] = None
+        if size:
+            self.store.new_event([(self.slot, "spare", self.zero_values(size))])
+        self.store.changed()
 
     @property
     def rank(self) -> int:
-        return sum(self.block_sizes())
+        return self.store.rank(self.slot)
 
     @property
     def spare_size(self) -> int:
-        return 0 if self.spare_A is None else self.spare_A.shape[0]
+        spare = self.store.spares[self.slot]
+        return 0 if spare is None else spare.k
 
     @property
     def spare_live(self) -> bool:
         """The spare takes part in the forward only while growing; afterwards its E is 0 anyway."""
-        return self.growing and self.spare_A is not None
+        return self.growing and self.store.spares[self.slot] is not None
 
     @property
     def scaling(self) -> float:
@@ -91,28 +139,17 @@ class IncreLoRALinear(growing.AdapterLinear):
     def effective_params(self) -> int:
         return self.rank * (self.in_features + self.out_features + 1)
 
-    def spare_parameters(self) -> list[nn.Parameter]:
-        return [p for p in (self.spare_A, self.spare_E, self.spare_B) if p is not None]
-
-    def factors(self, include_spare: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Concatenated A (r×d_in), E (r), B (d_out×r); the spare, when included, comes last."""
-        a, e, b = list(self.lora_A), list(self.lora_E), list(self.lora_B)
-        if include_spare and self.spare_A is not None:
-            a, e, b = a + [self.spare_A], e + [self.spare_E], b + [self.spare_B]
-        if len(a) == 1:  # a one-tensor cat still launches a copy kernel, per module and pass
-            return a[0], e[0], b[0]
-        return torch.cat(a, 0), torch.cat(e, 0), torch.cat(b, 1)
-
     def delta_weight(self) -> torch.Tensor:
-        """(α / r) · B diag(E) A in fp32, the live spare included (what the forward adds)."""
-        a, e, b = self.factors(self.spare_live)
-        return (b * e) @ a * self.scaling
+        """(α / r) · B diag(E) A, the live spare included (what the forward adds)."""
+        factors = self.store.current()
+        return factors.Bt[self.slot].t() @ factors.M[self.slot]
 
     # -- forward ---------------------------------------------------------------------------------
-    def _input(self, x: torch.Tensor) -> torch.Tensor:
+    def _input(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         x = self.lora_dropout(x)
         if not torch.is_autocast_enabled(x.device.type):  # under autocast the matmuls pick the dtype
-            x = x.to(torch.float32)
+            # the factors' dtype: fp32, unless the whole model was cast after injection (float64 tests)
+            x = x.to(dtype)
         return x
 
     def _explicit(self) -> bool:
@@ -120,19 +157,20 @@ class IncreLoRALinear(growing.AdapterLinear):
         return self.growing and torch.is_grad_enabled()
 
     def adapter_factors(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """(x Aᵀ · diag(E) · α/r, Bᵀ) once growth is over: the factored path at O(n·r·(d_in + d_out)),
-        with the scaling folded into the r-vector E."""
+        """(dropout(x) (diag(s·E) A)ᵀ, Bᵀ) once growth is over: the factored path at
+        O(n·r·(d_in + d_out)), the scaling folded into the gathered factors."""
         if self._explicit():
             return None
-        a, e, b = self.factors(self.spare_live)
-        return (self._input(x) @ a.T) * (e * self.scaling), b.T
+        factors = self.store.current()
+        M = factors.M[self.slot]
+        return F.linear(self._input(x, M.dtype), M), factors.Bt[self.slot]
 
     def adapter_forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._explicit():
             delta = self.delta_weight()
             if delta.requires_grad:
                 delta.register_hook(self._capture_grad)
-            return F.linear(self._input(x), delta)
+            return F.linear(self._input(x, delta.dtype), delta)
         h, bt = self.adapter_factors(x)
         return h @ bt
 
@@ -162,29 +200,6 @@ class IncreLoRALinear(growing.AdapterLinear):
     def score(self) -> float:
         return float(self.exp_avg_ipt * self.exp_avg_unc)
 
-    # -- growth ----------------------------------------------------------------------------------
-    @torch.no_grad()
-    def activate_spare(self, g: int) -> list[tuple[nn.Parameter, nn.Parameter]]:
-        """Make the first g spare triplets active; returns (old, new) pairs for tensors that were split.
-
-        A whole spare moves into the active lists as is (same tensors, same optimizer state; E becomes
-        trainable at its current 1e-5). Only a clipped last growth (g < spare size, which also ends the
-        growth phase) splits it: the first g rows become new tensors, the rest stays as the spare.
-        """
-        if not 1 <= g <= self.spare_size:
-            raise ValueError(f"cannot activate {g} triplets from a spare of {self.spare_size}")
-        a, e, b = self.spare_A, self.spare_E, self.spare_B
-        if g == self.spare_size:
-            e.requires_grad_(True)
-            self.append_block(a, e, b)
-            self.spare_A = self.spare_E = self.spare_B = None
-            return []
-        new = nn.Parameter(a[:g].clone()), nn.Parameter(e[:g].clone()), nn.Parameter(b[:, :g].clone())
-        self.append_block(*new)
-        self.spare_A, self.spare_B = nn.Parameter(a[g:].clone()), nn.Parameter(b[:, g:].clone())
-        self.spare_E = nn.Parameter(e[g:].clone(), requires_grad=False)
-        return list(zip((a, e, b), new, strict=True))
-
     @torch.no_grad()
     def end_growth(self) -> None:
         """Budget spent: stop capturing, free G and the EMA state, zero the spare's E; its a and b
@@ -192,12 +207,40 @@ class IncreLoRALinear(growing.AdapterLinear):
         self.growing = False
         self.grad_sum = None
         self.exp_avg_ipt = self.exp_avg_unc = 0.0
-        if self.spare_E is not None:
-            self.spare_E.zero_()
-        for p in self.spare_parameters():
-            p.requires_grad_(self.keep_spares and p is not self.spare_E)
+        self.store.end_growth(self.slot)
 
-    def orth_terms(self, include_spare: bool) -> torch.Tensor:
-        spare_in = self.spare_A is not None and (self.growing or self.keep_spares)
-        a, _, b = self.factors(include_spare and spare_in)
-        return growing.orth_penalty(a, b)
+    # -- the state dict: per-block tensors under this layer's name, whatever the storage ------------
+    def _entries(self) -> list[tuple[str, torch.Tensor]]:
+        entries = []
+        for j, (a, e, bt) in enumerate(self._triplets()):
+            entries += [(f"lora_A.{j}", a), (f"lora_E.{j}", e), (f"lora_B.{j}", bt.t())]
+        spare = self._spare()
+        if spare is not None:
+            entries += [("spare_A", spare[0]), ("spare_E", spare[1]), ("spare_B", spare[2].t())]
+        return entries
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        for name, tensor in self._entries():
+            destination[prefix + name] = tensor if keep_vars else tensor.detach()
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing, unexpected, errors):
+        mine = set()
+        for name, target in self._entries():
+            key = prefix + name
+            if key not in state_dict:
+                if strict:
+                    missing.append(key)
+                continue
+            mine.add(key)
+            value = state_dict[key]
+            if value.shape != target.shape:
+                errors.append(f"size mismatch for {key}: {tuple(value.shape)} vs {tuple(target.shape)}")
+                continue
+            with torch.no_grad():
+                target.copy_(value)
+        rest = {k: v for k, v in state_dict.items() if k not in mine}
+        super()._load_from_state_dict(rest, prefix, local_metadata, strict, missing, unexpected, errors)
+
+    def extra_repr(self) -> str:
+        return f"blocks={self.block_sizes()}, spare={self.spare_size}, scale={self.scaling:.4g}"

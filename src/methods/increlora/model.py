@@ -13,6 +13,9 @@ from src.methods.growing.tuner import GrowingTuner
 from src.methods.increlora.allocator import schedule_capacity
 from src.methods.increlora.config import IncreLoRAConfig, IncreLoraConfig
 from src.methods.increlora.layer import IncreLoRALinear
+from src.methods.increlora.storage import IncreLoRABlocks
+
+STORE_NAME = "increlora_blocks"  # the model's IncreLoRABlocks submodule
 
 
 class IncreLoRA(growing.GrowingAdapterMethod):
@@ -21,13 +24,20 @@ class IncreLoRA(growing.GrowingAdapterMethod):
 
     # -- injection -------------------------------------------------------------------------------
     def inject(self, model: nn.Module, config: IncreLoRAConfig, heads: bool = True) -> nn.Module:
+        store = IncreLoRABlocks()
+        store.include_spare = config.orth_include_spare
+        store.penalised = config.orth_reg_weight > 0 and config.orth_include_spare
+        # after growth a spare trains only inside the regulariser (keep); otherwise it is frozen
+        store.spares_train_after_growth = (
+            config.spares_after_growth == "keep" and config.orth_include_spare and config.orth_reg_weight > 0
+        )
         model = growing.prepare_model(
             model,
             self.name,
             config,
             list(config.target_modules),
             list(config.modules_to_save),
-            make_layer=lambda name, linear: IncreLoRALinear(linear, config),
+            make_layer=lambda name, linear: IncreLoRALinear(linear, config, store=store),
             regularizer=self.regularizer,
             wrap=heads,
         )
@@ -35,12 +45,12 @@ class IncreLoRA(growing.GrowingAdapterMethod):
         target_total = config.target_rank * len(layers)
         info = growing.get_info(model)
         info.state["target_total_rank"] = target_total
-        start = sum(layer.rank for layer in layers.values())
+        start = config.init_rank * len(layers)  # the initial blocks wait in the store until commit
         if start < target_total:
             for layer in layers.values():
                 layer.growing = True
                 if config.advance_learning:
-                    layer.set_spare(config.k)
+                    store.add_spare(layer.slot, config.k)
             capacity = schedule_capacity(config, len(layers))
             if capacity < target_total - start:
                 warnings.warn(
@@ -50,30 +60,29 @@ class IncreLoRA(growing.GrowingAdapterMethod):
                     growing.ScheduleWarning,
                     stacklevel=2,
                 )
+        store.commit()
+        model.add_module(STORE_NAME, store)
+        info.hooks += store.hook(model)  # after the regulariser's: it reads this forward's factors
         return model
+
+    @staticmethod
+    def store(model: nn.Module) -> IncreLoRABlocks:
+        return growing.unwrap(model).get_submodule(STORE_NAME)
+
+    def batch(self, model: nn.Module):
+        return self.store(model).session()
 
     @staticmethod
     def layers(model: nn.Module) -> dict[str, IncreLoRALinear]:
         return {n: m for n, m in growing.adapter_layers(model).items() if isinstance(m, IncreLoRALinear)}
-
-    def param_groups(self, model: nn.Module, lr: float, weight_decay: float) -> list[dict]:
-        groups = super().param_groups(model, lr, weight_decay)
-        # The spares' E are frozen, so the default (requires_grad) collection misses them; the spec
-        # puts them in the initial groups so that activation only flips requires_grad.
-        held = {id(p) for g in groups for p in g["params"]}
-        decay = next(g for g in groups if g["name"] == "decay")
-        for layer in self.layers(model).values():
-            decay["params"] += [p for p in layer.spare_parameters() if id(p) not in held]
-        return groups
 
     def regularizer(self, model: nn.Module) -> torch.Tensor | None:
         """γ / (2M) · Σ_i (‖A_i A_iᵀ − I‖_F + ‖B_iᵀ B_i − I‖_F), live spare per orth_include_spare."""
         config = growing.get_info(model).config
         if config.orth_reg_weight == 0:
             return None
-        layers = self.layers(model).values()
-        total = sum(layer.orth_terms(config.orth_include_spare) for layer in layers)
-        return config.orth_reg_weight * total / (2 * len(layers))
+        store = self.store(model)
+        return store.orth_penalty_sum() * (config.orth_reg_weight / (2 * len(store.layers)))
 
     # -- schedule --------------------------------------------------------------------------------
     def growing(self, model: nn.Module) -> bool:
@@ -91,8 +100,9 @@ class IncreLoRA(growing.GrowingAdapterMethod):
         layers = self.layers(model)
         for layer in layers.values():
             layer.check_not_merged("grow")
-        for layer in layers.values():  # every step while R < R*, warmup included
-            layer.update_importance(config.beta1, config.beta2, config.score_norm)
+        with self.store(model).session():  # every step while R < R*, warmup included: one gather
+            for layer in layers.values():
+                layer.update_importance(config.beta1, config.beta2, config.score_norm)
         if global_step <= config.init_warmup or global_step % config.incre_interval != 0:
             return None
         if config.score == "random":  # the control of spec §5.5: same schedule, modules at random
@@ -117,33 +127,17 @@ class IncreLoRA(growing.GrowingAdapterMethod):
         plan = list(zip(selected, sizes, strict=False))
         total += sum(sizes)
         done = total >= target_total
-        new_params, split, activated = [], [], []
-        for name, g in plan:
-            layer = layers[name]
-            if config.advance_learning:
-                split += layer.activate_spare(g)
-                activated.append(layer.lora_E[-1])
-                if not done or config.spares_after_growth == "keep":
-                    new_params += layer.set_spare(config.k)
-            else:
-                triplets = layer.new_triplets(g, e_value=0.0, e_trainable=True)
-                layer.append_block(*triplets)
-                new_params += triplets
+        store = self.store(model)
+        if config.advance_learning:
+            fresh = not done or config.spares_after_growth == "keep"
+            new_params, birth, count = self._activate(store, layers, plan, config, fresh)
+        else:
+            items = [(layers[name].slot, "block", layers[name].new_values(g, 0.0)) for name, g in plan]
+            event = store.new_event(items) if items else None
+            new_params, birth = [] if event is None else [event], {}
+            count = sum(g * (layers[n].in_features + layers[n].out_features + 1) for n, g in plan)
         if optimizer is not None:
-            growing.move_optimizer_rows(optimizer, split)
-            if config.activated_group == "new" and activated:
-                # the activated E leave their spares' groups and start in this event's group
-                growing.remove_from_groups(optimizer, activated)
-                new_params = activated + new_params
-            elif activated:
-                # an optimizer built from the trainable tensors alone (a stock Trainer's) never held
-                # the frozen spare E: without a group of their own they would not train
-                held = {
-                    id(p)
-                    for g in getattr(optimizer, "optimizer", optimizer).param_groups
-                    for p in g["params"]
-                }
-                new_params = [e for e in activated if id(e) not in held] + new_params
+            new_params += self._join_birth_groups(model, optimizer, store, birth)
             if new_params:
                 self._check_warmup(config, lr_scheduler)
                 growing.add_param_group(
@@ -165,8 +159,64 @@ class IncreLoRA(growing.GrowingAdapterMethod):
             "total_rank": total,
             "target_total_rank": target_total,
             "growth_done": done,
-            "new_params": sum(p.numel() for p in new_params),
+            "new_params": count,  # as the per-block layout counted: fresh triplets, activated E (new)
         }
+
+    @staticmethod
+    def _activate(store, layers, plan, config, fresh: bool) -> tuple[list, dict, int]:
+        """Advance learning: activate the selected spares and make fresh ones (``fresh``).
+
+        Returns this event's tensor (fresh spares' A and Bᵀ and, with ``activated_group = new``, the
+        activated E), the E tensors per spare birth event (``birth``) and the per-block count of
+        what the event's new group holds.
+        """
+        activated = []
+        for name, g in plan:
+            slot = layers[name].slot
+            birth_event = store.spares[slot].a.event
+            activated.append((slot, birth_event, store.activate(slot, g)))
+        items, count = [], 0
+        if fresh:  # drawn in selection order, as the per-block layout drew them
+            items = [
+                (layers[n].slot, "spare", layers[n].new_values(config.k, layers[n].spare_lambda))
+                for n, _ in plan
+            ]
+            count = sum(config.k * (layers[n].in_features + layers[n].out_features + 1) for n, _ in plan)
+        by_birth: dict[int, list] = {}
+        if config.activated_group == "new":
+            items += [(slot, "e", {"e": e}) for slot, _, e in activated]
+            count += sum(e.numel() for _, _, e in activated)
+        else:
+            for slot, b, e in activated:
+                by_birth.setdefault(b, []).append((slot, "e", {"e": e}))
+        event = store.new_event(items) if items else None
+        for (slot, role, _), rows in zip(items, store.placed if items else [], strict=True):
+            if role == "e":
+                store.place_e(slot, rows)
+        birth = {}
+        for b, e_items in by_birth.items():
+            birth[b] = store.new_event(e_items)
+            for (slot, _, _), rows in zip(e_items, store.placed, strict=True):
+                store.place_e(slot, rows)
+        return ([] if event is None else [event]), birth, count
+
+    @staticmethod
+    def _join_birth_groups(model, optimizer, store, birth: dict) -> list:
+        """``activated_group = birth``: the E activated from spares born at event b join b's group,
+        as the per-block E stayed in its spare's; returns those whose group the optimizer lacks."""
+        inner = getattr(optimizer, "optimizer", optimizer)
+        names = {id(p): n for n, p in growing.unwrap(model).named_parameters()}
+        orphans = []
+        for b, tensor in birth.items():
+            home = getattr(store, f"event_{b}")
+            group = next((g for g in inner.param_groups if any(p is home for p in g["params"])), None)
+            if group is None:
+                orphans.append(tensor)
+                continue
+            group["params"].append(tensor)
+            if "param_names" in group:
+                group["param_names"].append(names[id(tensor)])
+        return orphans
 
     @staticmethod
     def _check_warmup(config: IncreLoRAConfig, lr_scheduler) -> None:
@@ -184,7 +234,24 @@ class IncreLoRA(growing.GrowingAdapterMethod):
         return {
             "spare_pattern": {name: layer.spare_size for name, layer in self.layers(model).items()},
             "growth_done": not self.growing(model),
+            # where each triplet lives: a resumed run rebuilds the same event tensors, so the saved
+            # optimizer state (one entry per event tensor) loads onto the right values
+            "store_layout": self.store(model).layout(),
         }
+
+    def restore_blocks(self, model: nn.Module, pattern: dict[str, list[int]], meta: dict) -> None:
+        """The saved store layout where there is one; adapters saved before it get one event per
+        block (the layout does not matter for a loaded adapter; only a resumed optimizer needs it)."""
+        layout = meta.get("store_layout")
+        if layout is None:
+            return super().restore_blocks(model, pattern, meta)
+        layers = self.layers(model)
+        sizes = [[t[-1] for t in blocks] for blocks in layout.get("blocks", [])]
+        if sizes != [pattern.get(name) for name in layers]:
+            raise ValueError(
+                "the block shapes in store_layout do not match rank_pattern; adapter_config.json is corrupted"
+            )
+        self.store(model).restore(layout)
 
     def training_state(self, model: nn.Module) -> dict:
         """Per module: the sensitivity EMAs Ī, Ū, the gradient sum G and the growth flag."""
@@ -206,6 +273,7 @@ class IncreLoRA(growing.GrowingAdapterMethod):
             saved = state[name]
             layer.exp_avg_ipt, layer.exp_avg_unc = saved["exp_avg_ipt"], saved["exp_avg_unc"]
             layer.grad_sum, layer.growing = saved["grad_sum"], bool(saved["growing"])
+        self.store(model).changed()  # the growth flags decide which rows the gather reads
 
     def restore_extra(self, model: nn.Module, meta: dict, directory: str) -> None:
         """The spares' sizes and the end of growth, which the rank pattern alone does not say."""
