@@ -275,6 +275,8 @@ class IncreLoRABlocks(PackedStore):
         """The per-block layout's counts (§1.5): active triplets, trainable spares (a and b; E never),
         and what the event tensors hold (rows left behind by frozen spares included)."""
         adapter = spare = 0
+        if not any(p.requires_grad for p in self.events()):  # loaded for inference: nothing trains
+            return {"adapter": 0, "spare": 0, "held": 0}
         for slot, layer in enumerate(self.layers):
             adapter += self.rank(slot) * (layer.in_features + layer.out_features + 1)
             if self.spares[slot] is not None and (layer.growing or layer.keep_spares):
