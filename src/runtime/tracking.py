@@ -269,6 +269,13 @@ class RunTracker:
             if status in ("preempted", "interrupted"):
                 self.wandb.mark_preempting()  # the same run id continues when the run resumes
             self.wandb.finish(exit_code=0 if status == "ok" else 1)
+            # finish() only informs W&B's service process that the run is over: the service writes the
+            # run's .wandb file through a 32 KiB buffer that it flushes when it closes the run's stream,
+            # after finish() has returned, so the offline file could still be its 7-byte header here.
+            # teardown() waits for the service to exit, so the file is complete once finish returns
+            # (an import or `wandb sync` right after the run reads every record); the next wandb.init
+            # starts a new service.
+            wandb.teardown()
         return self.record
 
     def finish_after(self, err: BaseException) -> None:
