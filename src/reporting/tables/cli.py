@@ -27,7 +27,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", default="results/runs", help="folder of run records (*.json)")
     parser.add_argument("--out", default="results/tables", help="where the .md and .tex files go")
-    parser.add_argument("--anchors", action="store_true", help="add the papers' published rows (their results tables) for comparison")
+    parser.add_argument(
+        "--anchors",
+        action="store_true",
+        help="add the papers' published rows (their results tables) for comparison",
+    )
     parser.add_argument("--all-columns", action="store_true", help="every GLUE column, even without runs")
     args = parser.parse_args(argv)
     records = load_records(args.runs)
