@@ -139,6 +139,34 @@ class AdapterLinear(nn.Module, BaseTunerLayer):
         # fp32 sum then cast back, so a bf16 base does not lose the (small) update to rounding twice
         w.copy_((w.float() + delta.to(w.device, torch.float32)).to(w.dtype))
 
+    # -- the state dict: per-block tensors under this layer's name, whatever the storage ------------
+    def _state_entries(self) -> list[tuple[str, torch.Tensor]]:
+        """(name, tensor) of every factor, as saved: views into a shared store, written back on load."""
+        return []
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        for name, tensor in self._state_entries():
+            destination[prefix + name] = tensor if keep_vars else tensor.detach()
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing, unexpected, errors):
+        mine = set()
+        for name, target in self._state_entries():
+            key = prefix + name
+            if key not in state_dict:
+                if strict:
+                    missing.append(key)
+                continue
+            mine.add(key)
+            value = state_dict[key]
+            if value.shape != target.shape:
+                errors.append(f"size mismatch for {key}: {tuple(value.shape)} vs {tuple(target.shape)}")
+                continue
+            with torch.no_grad():
+                target.copy_(value)
+        rest = {k: v for k, v in state_dict.items() if k not in mine}
+        super()._load_from_state_dict(rest, prefix, local_metadata, strict, missing, unexpected, errors)
+
     def check_not_merged(self, action: str) -> None:
         if self.merged:
             raise RuntimeError(f"cannot {action} a merged adapter layer; call unmerge() first")

@@ -210,7 +210,7 @@ class IncreLoRALinear(growing.AdapterLinear):
         self.store.end_growth(self.slot)
 
     # -- the state dict: per-block tensors under this layer's name, whatever the storage ------------
-    def _entries(self) -> list[tuple[str, torch.Tensor]]:
+    def _state_entries(self) -> list[tuple[str, torch.Tensor]]:
         entries = []
         for j, (a, e, bt) in enumerate(self._triplets()):
             entries += [(f"lora_A.{j}", a), (f"lora_E.{j}", e), (f"lora_B.{j}", bt.t())]
@@ -218,29 +218,6 @@ class IncreLoRALinear(growing.AdapterLinear):
         if spare is not None:
             entries += [("spare_A", spare[0]), ("spare_E", spare[1]), ("spare_B", spare[2].t())]
         return entries
-
-    def _save_to_state_dict(self, destination, prefix, keep_vars):
-        super()._save_to_state_dict(destination, prefix, keep_vars)
-        for name, tensor in self._entries():
-            destination[prefix + name] = tensor if keep_vars else tensor.detach()
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing, unexpected, errors):
-        mine = set()
-        for name, target in self._entries():
-            key = prefix + name
-            if key not in state_dict:
-                if strict:
-                    missing.append(key)
-                continue
-            mine.add(key)
-            value = state_dict[key]
-            if value.shape != target.shape:
-                errors.append(f"size mismatch for {key}: {tuple(value.shape)} vs {tuple(target.shape)}")
-                continue
-            with torch.no_grad():
-                target.copy_(value)
-        rest = {k: v for k, v in state_dict.items() if k not in mine}
-        super()._load_from_state_dict(rest, prefix, local_metadata, strict, missing, unexpected, errors)
 
     def extra_repr(self) -> str:
         return f"blocks={self.block_sizes()}, spare={self.spare_size}, scale={self.scaling:.4g}"

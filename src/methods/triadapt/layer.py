@@ -148,34 +148,11 @@ class TriAdaptLinear(growing.AdapterLinear):
         return total
 
     # -- the state dict: per-block tensors under this layer's name, whatever the storage ------------
-    def _block_entries(self) -> list[tuple[str, torch.Tensor]]:
+    def _state_entries(self) -> list[tuple[str, torch.Tensor]]:
         entries = []
         for j, (L, U, A, Bt) in enumerate(self.store.block_tensors(self.slot)):
             entries += [(f"L.{j}", L), (f"U.{j}", U), (f"A.{j}", A), (f"B.{j}", Bt.t())]
         return entries
-
-    def _save_to_state_dict(self, destination, prefix, keep_vars):
-        super()._save_to_state_dict(destination, prefix, keep_vars)
-        for name, tensor in self._block_entries():
-            destination[prefix + name] = tensor if keep_vars else tensor.detach()
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing, unexpected, errors):
-        mine = set()
-        for name, target in self._block_entries():
-            key = prefix + name
-            if key not in state_dict:
-                if strict:
-                    missing.append(key)
-                continue
-            mine.add(key)
-            value = state_dict[key]
-            if value.shape != target.shape:
-                errors.append(f"size mismatch for {key}: {tuple(value.shape)} vs {tuple(target.shape)}")
-                continue
-            with torch.no_grad():
-                target.copy_(value)
-        rest = {k: v for k, v in state_dict.items() if k not in mine}
-        super()._load_from_state_dict(rest, prefix, local_metadata, strict, missing, unexpected, errors)
 
     def extra_repr(self) -> str:
         return f"blocks={self.block_sizes()}, scale={self.scale:.4g}, init={self.init}"
