@@ -27,6 +27,7 @@ KNOWN_WARNINGS = [
 # the checkpoint, newly initialised". A task head (backbone.heads: classifier, qa_outputs, ...) is
 # exactly that for every fine-tuning run, which is what the report says of it and all it says.
 _LOAD_REPORT = "LOAD REPORT"
+_LOAD_REPORT_LOGGER = "transformers.modeling_utils"  # where from_pretrained logs it (transformers 5)
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
@@ -83,9 +84,9 @@ def only_new_heads(report: str, heads: Iterable[str]) -> bool:
 
 
 class _LoadReportToLogFile(logging.Filter):
-    """On transformers' own console handler: a LOAD REPORT of new head weights only goes to the log
-    file instead (transformers' loggers do not propagate to the root logger, so it is not in the log
-    file otherwise)."""
+    """A LOAD REPORT of new head weights only goes to the log file instead of the console
+    (transformers' loggers do not propagate to the root logger, so it is not in the log file
+    otherwise)."""
 
     def __init__(self, heads: set[str]):
         super().__init__()
@@ -145,18 +146,13 @@ def silence_known_noise(heads=None) -> None:
     # The "Loading weights" bar: a second or two reading a local checkpoint, and in a log or pipe one
     # more line of \r-joined frames. The Trainer's own bars are tqdm's and stay (trainer.show_progress).
     transformers.utils.logging.disable_progress_bar()
-    names = _head_names(heads)
-    # transformers' console handler (its library logger does not propagate; the log file's handlers
-    # may be attached to it too, under pytest for one, and get the report as they did)
-    consoles = [
-        h
-        for h in transformers.utils.logging.get_logger().handlers
-        if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
-    ]
-    for handler in consoles:
-        for old in [f for f in handler.filters if isinstance(f, _LoadReportToLogFile)]:
-            handler.removeFilter(old)  # this run's backbone, not the previous one's
-        handler.addFilter(_LoadReportToLogFile(names))
+    # On the logger transformers writes the report to, not on a handler: the filter then sees the
+    # record whichever way it travels (transformers' own console handler, or the root logger's when
+    # something has turned propagation on, as an in-process Hydra run or a notebook may)
+    reports = logging.getLogger(_LOAD_REPORT_LOGGER)
+    for old in [f for f in reports.filters if isinstance(f, _LoadReportToLogFile)]:
+        reports.removeFilter(old)  # this run's backbone, not the previous one's
+    reports.addFilter(_LoadReportToLogFile(_head_names(heads)))
 
 
 class _WandbTerminal:
