@@ -139,6 +139,23 @@ class AdapterLinear(nn.Module, BaseTunerLayer):
         # fp32 sum then cast back, so a bf16 base does not lose the (small) update to rounding twice
         w.copy_((w.float() + delta.to(w.device, torch.float32)).to(w.dtype))
 
+    # -- the packed store of the factors ------------------------------------------------------------
+    def join_store(self, store: nn.Module, own: bool, init_rank: int) -> None:
+        """Take a slot of ``init_rank`` in ``store``: this layer's own (built alone, a submodule whose
+        tensors are the layer's parameters) or the one the model's layers share (the model owns it)."""
+        if own:
+            self.blocks = store
+        else:
+            self.__dict__["store_ref"] = store
+        self.slot = store.add_layer(self, init_rank)
+        if own:
+            store.commit()
+
+    @property
+    def store(self) -> nn.Module:
+        shared = self.__dict__.get("store_ref")
+        return shared if shared is not None else self.blocks
+
     # -- the state dict: per-block tensors under this layer's name, whatever the storage ------------
     def _state_entries(self) -> list[tuple[str, torch.Tensor]]:
         """(name, tensor) of every factor, as saved: views into a shared store, written back on load."""

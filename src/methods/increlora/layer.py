@@ -30,25 +30,14 @@ class IncreLoRALinear(growing.AdapterLinear):
         self.spare_lambda = float(config.spare_lambda)
         self.keep_spares = config.spares_after_growth == "keep"
         self.lora_dropout = nn.Dropout(config.lora_dropout) if config.lora_dropout > 0 else nn.Identity()
-        own = store is None
-        store = IncreLoRABlocks() if own else store
-        if own:
-            self.blocks = store  # a submodule: its tensors are this layer's parameters
-        else:
-            self.__dict__["store_ref"] = store  # shared: the model owns it, not each layer
         self.growing = False  # growth phase: ΔW built explicitly, G captured, spare in the forward
         self.grad_sum: torch.Tensor | None = None  # Σ over micro-batches of ∂L/∂ΔW
         self.exp_avg_ipt: torch.Tensor | float = 0.0  # Ī
         self.exp_avg_unc: torch.Tensor | float = 0.0  # Ū
         # AdaLoRA's layer init, inherited by the reference: A, B Gaussian, E = 0, so ΔW = 0 at start
-        self.slot = store.add_layer(self, config.init_rank)
-        if own:
-            store.commit()
-
-    @property
-    def store(self) -> IncreLoRABlocks:
-        shared = self.__dict__.get("store_ref")
-        return shared if shared is not None else self.blocks
+        self.join_store(
+            IncreLoRABlocks() if store is None else store, own=store is None, init_rank=config.init_rank
+        )
 
     # -- structure -------------------------------------------------------------------------------
     def new_values(self, g: int, e_value: float) -> dict[str, torch.Tensor]:

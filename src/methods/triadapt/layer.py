@@ -41,20 +41,7 @@ class TriAdaptLinear(growing.AdapterLinear):
         self.init = init
         self.init_std = init_std
         self.dropout = nn.Dropout(lora_dropout) if lora_dropout > 0 else nn.Identity()
-        own = store is None
-        store = TriAdaptBlocks() if own else store
-        if own:
-            self.blocks = store  # a submodule: its tensors are this layer's parameters
-        else:
-            self.__dict__["store_ref"] = store  # shared: the model owns it, not each layer
-        self.slot = store.add_layer(self, init_rank)
-        if own:
-            store.commit()
-
-    @property
-    def store(self) -> TriAdaptBlocks:
-        shared = self.__dict__.get("store_ref")
-        return shared if shared is not None else self.blocks
+        self.join_store(TriAdaptBlocks() if store is None else store, own=store is None, init_rank=init_rank)
 
     @property
     def rank(self) -> int:
