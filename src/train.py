@@ -72,9 +72,7 @@ def train(cfg: DictConfig) -> dict:
     checkpoint_dir = Path(cfg.paths.checkpoints_dir) / run_id
     output_dir = str(Path(cfg.paths.output_dir))
     try:
-        run = prepare(
-            cfg, checkpoint_dir
-        )  # every check that needs the data; raises before anything is written
+        run = prepare(cfg, checkpoint_dir)  # every check that needs the data, before anything is written
         task, method, total = run.task, run.method, run.total
         resume_from = prepare_run_dir(
             checkpoint_dir, config, cfg.trainer.resume, distributed.is_main_process()
