@@ -146,7 +146,7 @@ def split_groups(model: nn.Module, optimizer, lr_scheduler, saved: dict) -> None
             "trainable parameters"
         )
     scheduler = getattr(lr_scheduler, "scheduler", lr_scheduler)  # accelerate wraps it
-    n_base = len(inner.param_groups)
+    default = scheduler.lr_lambdas[_adapter_group(model, inner)] if scheduler is not None else None
     for spec in saved["groups"]:
         members = [params[n] for n in spec["params"]]
         ids = {id(p) for p in members}
@@ -154,8 +154,6 @@ def split_groups(model: nn.Module, optimizer, lr_scheduler, saved: dict) -> None
             group["params"] = [p for p in group["params"] if id(p) not in ids]
         inner.add_param_group({**spec["hyper"], "params": members})
         if scheduler is not None:
-            target = min(len(scheduler.lr_lambdas) - 1, 0 if n_base == 1 else _adapter_group(model, inner))
-            default = scheduler.lr_lambdas[target]
             scheduler.lr_lambdas.append(plain_function(group_lambda(spec["hyper"]["lr_schedule"], default)))
     if scheduler is not None:
         # a stock scheduler's state restored every group's base and last LR; a fresh one, its own
